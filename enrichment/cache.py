@@ -1,0 +1,139 @@
+"""The batch-native read-through cache: L1 (memory) → L2 (Redis) → L3 (profile source).
+
+``get_many`` costs at most one Redis MGET and one source query per call, whatever the batch size.
+Concurrent callers that miss on the same id share one lookup (single-flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from enrichment.errors import ServiceUnavailable
+from enrichment.memory import MemoryLayer
+from enrichment.redis_layer import RedisLayer
+from enrichment.snapshot import AuthorSnapshot
+from enrichment.source import ProfileSource
+
+
+@dataclass(slots=True)
+class CacheStats:
+    l1_hits: int = 0
+    l2_hits: int = 0
+    l3_hits: int = 0
+    not_found: int = 0
+    shared_waits: int = 0  # ids served by another caller's in-flight lookup
+    source_queries: int = 0
+    l2_reads: int = 0
+
+
+class LayeredCache:
+    """Read-through snapshot cache with version-guarded writes in every layer."""
+
+    def __init__(self, l1: MemoryLayer, l2: RedisLayer | None, source: ProfileSource) -> None:
+        self.l1 = l1
+        self.l2 = l2
+        self._source = source
+        self._inflight: dict[str, asyncio.Future[AuthorSnapshot | None]] = {}
+        self.stats = CacheStats()
+
+    async def get_many(self, user_ids: Iterable[str]) -> dict[str, AuthorSnapshot | None]:
+        """Snapshot per id; None means the user does not exist."""
+        wanted = list(dict.fromkeys(user_ids))
+        found, misses = self.l1.get_many(wanted)
+        self.stats.l1_hits += len(found)
+        if not misses:
+            return found
+
+        waiting: dict[str, asyncio.Future[AuthorSnapshot | None]] = {}
+        owned: list[str] = []
+        loop = asyncio.get_running_loop()
+        for user_id in misses:
+            pending = self._inflight.get(user_id)
+            if pending is not None:
+                waiting[user_id] = pending
+            else:
+                self._inflight[user_id] = loop.create_future()
+                owned.append(user_id)
+
+        if owned:
+            try:
+                found.update(await self._fill(owned))
+            except BaseException as exc:
+                self._settle(owned, {}, exc)
+                raise
+            self._settle(owned, found, None)
+
+        if waiting:
+            self.stats.shared_waits += len(waiting)
+            # shield: one cancelled waiter must not cancel the future other waiters share.
+            results = await asyncio.gather(*(asyncio.shield(f) for f in waiting.values()))
+            found.update(zip(waiting, results, strict=True))
+        return found
+
+    async def _fill(self, user_ids: list[str]) -> dict[str, AuthorSnapshot | None]:
+        result: dict[str, AuthorSnapshot | None] = {}
+        remaining = user_ids
+        if self.l2 is not None:
+            if self.l2.available:
+                self.stats.l2_reads += 1
+            l2_hits = await self.l2.get_many(user_ids)
+            self.stats.l2_hits += len(l2_hits)
+            for user_id, snap in l2_hits.items():
+                self.l1.put(user_id, snap)
+                result[user_id] = snap
+            remaining = [u for u in user_ids if u not in l2_hits]
+        if not remaining:
+            return result
+
+        self.stats.source_queries += 1
+        fetched = await self._source.fetch_many(remaining)
+        fills: list[tuple[str, AuthorSnapshot | None]] = []
+        for user_id in remaining:
+            snap = fetched.get(user_id)
+            if snap is None:
+                self.stats.not_found += 1
+            else:
+                self.stats.l3_hits += 1
+            fills.append((user_id, snap))
+            self.l1.put(user_id, snap)
+            result[user_id] = snap
+        if self.l2 is not None:
+            await self.l2.put_many(fills)
+        return result
+
+    def _settle(
+        self,
+        owned: list[str],
+        found: dict[str, AuthorSnapshot | None],
+        error: BaseException | None,
+    ) -> None:
+        for user_id in owned:
+            future = self._inflight.pop(user_id)
+            if future.done():
+                continue
+            if isinstance(error, asyncio.CancelledError):
+                # The owner was cancelled, not the waiters: they see a retryable failure.
+                future.set_exception(ServiceUnavailable("shared profile lookup was abandoned"))
+                future.exception()
+            elif error is not None:
+                future.set_exception(error)
+                # Mark retrieved so a failure nobody else waited for is not logged as lost.
+                future.exception()
+            else:
+                future.set_result(found.get(user_id))
+
+    async def apply_change(self, snapshot: AuthorSnapshot) -> bool:
+        """A profile changed: drop the old L1 entry and replace L2 only if ``snapshot`` is newer.
+
+        Returns True if L2 took the new snapshot.
+        """
+        self.l1.drop(snapshot.user_id, min_version=snapshot.version)
+        if self.l2 is None:
+            return False
+        return await self.l2.put_many([(snapshot.user_id, snapshot)]) == 1
+
+    def on_remote_invalidation(self, user_id: str, version: int) -> None:
+        """Another replica saw ``user_id`` change to ``version``."""
+        self.l1.drop(user_id, min_version=version)

@@ -1,0 +1,52 @@
+"""fanout-worker's own exception tree. Library errors are translated into these at the boundary.
+
+    FanoutError
+    ├── ConfigError               bad settings; the CLI exits 2
+    ├── TransientError            worth retrying with backoff
+    │   ├── ServiceUnavailable    Redis / RabbitMQ / MongoDB unreachable or timing out
+    │   └── PublishFailed         a publish was nacked, lost or timed out
+    ├── PermanentError            retrying cannot help; the event is dead-lettered
+    │   └── InvalidEvent          a change event that fails validation
+    └── StreamFatal               the change stream cannot continue (history lost, invalidate)
+
+It lives in the bottom room so that every room can raise and catch the same classes.
+"""
+
+from __future__ import annotations
+
+
+class FanoutError(Exception):
+    """Base class of every error fanout-worker raises on purpose."""
+
+
+class ConfigError(FanoutError):
+    """The configuration is invalid; the message names the field."""
+
+
+class TransientError(FanoutError):
+    """A failure that may succeed when retried."""
+
+
+class ServiceUnavailable(TransientError):
+    """A backing service could not be reached in time."""
+
+
+class PublishFailed(TransientError):
+    """A message was not confirmed by the broker."""
+
+
+class PermanentError(FanoutError):
+    """A failure that retrying cannot fix."""
+
+
+class InvalidEvent(PermanentError):
+    """A change event that does not match the contract."""
+
+
+class StreamFatal(FanoutError):
+    """The change stream cannot be resumed from its checkpoint."""
+
+    def __init__(self, stream: str, code: int | None, message: str) -> None:
+        super().__init__(f"stream {stream!r}: {message}")
+        self.stream = stream
+        self.code = code

@@ -1,0 +1,119 @@
+"""Cross-replica L1 invalidation over Redis pub/sub.
+
+Pub/sub is fire-and-forget: a replica whose subscription drops may miss messages. So every
+(re)subscription first clears that replica's L1 (``on_gap``); L2 and the source stay authoritative.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from typing import Protocol
+
+import orjson
+import redis.asyncio as aioredis
+from loguru import logger
+from redis.exceptions import RedisError
+
+from enrichment.backoff import Backoff
+
+OnInvalidate = Callable[[str, int], None]
+OnGap = Callable[[], None]
+
+
+class InvalidationBus(Protocol):
+    async def publish(self, user_id: str, version: int) -> None:
+        """Tell every other replica that ``user_id`` changed to ``version``."""
+        ...
+
+    async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
+        """Deliver other replicas' invalidations until cancelled."""
+        ...
+
+
+def _decode(data: bytes | str, own_origin: str) -> tuple[str, int] | None:
+    try:
+        msg = orjson.loads(data)
+        if msg["o"] == own_origin:
+            return None
+        return str(msg["u"]), int(msg["v"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        logger.warning("ignoring a malformed invalidation message")
+        return None
+
+
+class RedisInvalidationBus:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        channel: str,
+        origin: str | None = None,
+        max_backoff_seconds: float = 10.0,
+    ) -> None:
+        self._client = client
+        self._channel = channel
+        self.origin = origin or uuid.uuid4().hex
+        self._backoff = Backoff(0.1, max_backoff_seconds)
+        self.published = 0
+        self.received = 0
+        self.gaps = 0
+
+    async def publish(self, user_id: str, version: int) -> None:
+        payload = orjson.dumps({"u": user_id, "v": version, "o": self.origin})
+        try:
+            await self._client.publish(self._channel, payload)
+            self.published += 1
+        except (RedisError, OSError) as exc:
+            # Replicas that miss this also lost their own subscription, and clear L1 on reconnect.
+            logger.warning("could not publish an invalidation for {}: {}", user_id, type(exc).__name__)
+
+    async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                # Anything published while we were not subscribed is lost: start L1 afresh.
+                on_gap()
+                self.gaps += 1
+                self._backoff.reset()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    decoded = _decode(message["data"], self.origin)
+                    if decoded is not None:
+                        self.received += 1
+                        on_invalidate(*decoded)
+            except (RedisError, OSError) as exc:
+                delay = self._backoff.next_delay()
+                logger.warning(
+                    "invalidation subscription lost ({}); retrying in {:.1f}s",
+                    type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+class LocalInvalidationBus:
+    """In-memory stand-in: replicas in one process (the demo and unit tests) share one hub."""
+
+    def __init__(self, hub: list[LocalInvalidationBus] | None = None) -> None:
+        self._hub = hub if hub is not None else []
+        self._hub.append(self)
+        self._queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue(maxsize=10_000)
+        self.published = 0
+
+    async def publish(self, user_id: str, version: int) -> None:
+        self.published += 1
+        for peer in self._hub:
+            if peer is not self and not peer._queue.full():
+                peer._queue.put_nowait((user_id, version))
+
+    async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
+        while True:
+            on_invalidate(*await self._queue.get())

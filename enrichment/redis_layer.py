@@ -1,0 +1,134 @@
+"""L2: snapshots in Redis. One MGET per batch to read, one script call per batch to write.
+
+Every write goes through a Lua script that keeps the stored value when its ``version`` is the same
+or newer, so a slow reader cannot put an old snapshot over a new one (the "stale set" problem).
+Failures never propagate: the cache degrades to L1 plus the source, behind a circuit breaker.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from loguru import logger
+from redis.exceptions import RedisError
+
+from enrichment.breaker import CircuitBreaker
+from enrichment.snapshot import MISSING_VERSION, AuthorSnapshot, decode_cached, encode_missing
+
+# KEYS: the keys. ARGV: payload, ttl seconds, version, repeated once per key.
+_SET_IF_NEWER = """
+local written = 0
+for i, key in ipairs(KEYS) do
+  local payload = ARGV[3 * i - 2]
+  local ttl = tonumber(ARGV[3 * i - 1])
+  local version = tonumber(ARGV[3 * i])
+  local keep = false
+  local current = redis.call('GET', key)
+  if current then
+    local ok, doc = pcall(cjson.decode, current)
+    if ok and type(doc) == 'table' and tonumber(doc['version']) ~= nil
+        and tonumber(doc['version']) >= version then
+      keep = true
+    end
+  end
+  if not keep then
+    redis.call('SET', key, payload, 'EX', ttl)
+    written = written + 1
+  end
+end
+return written
+"""
+
+
+class RedisLayer:
+    """Batch reads and version-guarded batch writes of snapshots in Redis."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        key_prefix: str,
+        ttl_seconds: int,
+        ttl_jitter: float,
+        negative_ttl_seconds: int,
+        breaker: CircuitBreaker,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._ttl = ttl_seconds
+        self._jitter = ttl_jitter
+        self._negative_ttl = negative_ttl_seconds
+        self._breaker = breaker
+        self._rng = rng or random.Random()
+        self._script = client.register_script(_SET_IF_NEWER)
+        self.mget_calls = 0
+        self.errors = 0
+
+    @property
+    def available(self) -> bool:
+        return not self._breaker.is_open
+
+    def key(self, user_id: str) -> str:
+        return f"{self._prefix}snap:{user_id}"
+
+    async def get_many(self, user_ids: Sequence[str]) -> dict[str, AuthorSnapshot | None]:
+        """Hits only; a None value is a cached 'no such user'. An unavailable Redis yields no hits."""
+        if not user_ids or not self._breaker.allow():
+            return {}
+        self.mget_calls += 1
+        try:
+            raw = await self._client.mget([self.key(u) for u in user_ids])
+        except (RedisError, OSError) as exc:
+            self._failed("MGET", exc)
+            return {}
+        self._recovered()
+        hits: dict[str, AuthorSnapshot | None] = {}
+        for user_id, value in zip(user_ids, raw, strict=True):
+            if value is None:
+                continue
+            try:
+                hits[user_id] = decode_cached(value)
+            except ValueError as exc:
+                # A corrupt entry is a miss; the fill overwrites it.
+                logger.warning("L2 entry for {} is unreadable, treating as a miss: {}", user_id, exc)
+        return hits
+
+    async def put_many(self, values: Sequence[tuple[str, AuthorSnapshot | None]]) -> int:
+        """Write each value unless Redis holds a same-or-newer version. Returns how many were written."""
+        if not values or not self._breaker.allow():
+            return 0
+        keys: list[str] = []
+        args: list[bytes | int] = []
+        for user_id, snap in values:
+            keys.append(self.key(user_id))
+            if snap is None:
+                args += [encode_missing(), self._negative_ttl, MISSING_VERSION]
+            else:
+                args += [snap.to_json(), self._jittered_ttl(), snap.version]
+        try:
+            written = await self._script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            self._failed("set-if-newer", exc)
+            return 0
+        self._recovered()
+        return int(written)
+
+    def _jittered_ttl(self) -> int:
+        # Spread expiries so a burst of fills does not expire (and miss) all at once.
+        spread = self._ttl * self._jitter
+        return max(1, round(self._ttl + self._rng.uniform(-spread, spread)))
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self.errors += 1
+        if self._breaker.failure():
+            logger.warning(
+                "Redis {} failed ({}); L2 disabled for now, serving from L1 and the source",
+                op,
+                type(exc).__name__,
+            )
+
+    def _recovered(self) -> None:
+        if self._breaker.success():
+            logger.info("Redis answers again; L2 re-enabled")

@@ -1,0 +1,1 @@
+"""What each change event means: new posts fan out, profile edits cascade."""

@@ -1,0 +1,110 @@
+"""Change events as the handlers see them, and their validation against the contract."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bson import Timestamp
+
+from enrichment.errors import InvalidEvent
+from enrichment.snapshot import DISPLAY_FIELDS, AuthorSnapshot
+
+Token = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One change-stream event with its resume token. ``raw`` is the event as the server sent it."""
+
+    stream: str
+    token: Token
+    op: str
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_raw(cls, stream: str, raw: Mapping[str, Any]) -> ChangeEvent:
+        token = raw.get("_id")
+        if not isinstance(token, Mapping):
+            # Without a token the event cannot be checkpointed; the server always sends one.
+            raise InvalidEvent("change event has no resume token (_id)")
+        return cls(stream, token, str(raw.get("operationType", "")), raw)
+
+    @property
+    def cluster_time(self) -> datetime | None:
+        ts = self.raw.get("clusterTime")
+        return ts.as_datetime() if isinstance(ts, Timestamp) else None
+
+    @property
+    def full_document(self) -> Mapping[str, Any] | None:
+        doc = self.raw.get("fullDocument")
+        return doc if isinstance(doc, Mapping) else None
+
+
+@dataclass(frozen=True, slots=True)
+class NewPost:
+    post_id: Any  # as stored (ObjectId or str); rendered with str() in messages
+    author_id: str
+    text: str
+    created_at: str | None
+
+    @property
+    def id_str(self) -> str:
+        return str(self.post_id)
+
+
+def parse_new_post(event: ChangeEvent, max_text_bytes: int) -> NewPost:
+    """Validate a ``posts`` insert event; raise InvalidEvent naming what is wrong."""
+    if event.op != "insert":
+        raise InvalidEvent(f"posts stream: unexpected operationType {event.op!r}")
+    doc = event.full_document
+    if doc is None:
+        raise InvalidEvent("posts insert has no fullDocument")
+    post_id = doc.get("_id")
+    if post_id is None or isinstance(post_id, (dict, list)):
+        raise InvalidEvent("post _id is missing or not a scalar")
+    author_id = doc.get("author_id")
+    if not isinstance(author_id, str) or not author_id:
+        raise InvalidEvent(f"post {post_id}: author_id must be a non-empty string")
+    text = doc.get("text", "")
+    if not isinstance(text, str):
+        raise InvalidEvent(f"post {post_id}: text must be a string")
+    if len(text.encode("utf-8", "surrogatepass")) > max_text_bytes:
+        raise InvalidEvent(f"post {post_id}: text is larger than {max_text_bytes} bytes")
+    created = doc.get("created_at")
+    if isinstance(created, datetime):
+        created_at: str | None = created.isoformat()
+    elif created is None or isinstance(created, str):
+        created_at = created
+    else:
+        raise InvalidEvent(f"post {post_id}: created_at must be a date or string")
+    return NewPost(post_id, author_id, text, created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileChange:
+    snapshot: AuthorSnapshot
+
+
+def parse_profile_change(event: ChangeEvent) -> ProfileChange | None:
+    """A display-field change, or None when the event does not concern snapshots.
+
+    Raises InvalidEvent when the looked-up profile is malformed.
+    """
+    if event.op == "update":
+        desc = event.raw.get("updateDescription")
+        if not isinstance(desc, Mapping):
+            raise InvalidEvent("profiles update has no updateDescription")
+        touched = set(desc.get("updatedFields") or {}) | set(desc.get("removedFields") or [])
+        # "avatar_url.x" style paths touch the top-level field too.
+        if not {path.split(".", 1)[0] for path in touched} & DISPLAY_FIELDS:
+            return None
+    elif event.op != "replace":
+        return None  # replace has no diff: assume it touched the display fields
+    doc = event.full_document
+    if doc is None:
+        # updateLookup found nothing: the profile was deleted since; nothing to rewrite.
+        return None
+    return ProfileChange(AuthorSnapshot.from_profile(doc))

@@ -1,0 +1,49 @@
+"""The collaborators handlers need, as small interfaces. The worker wires real or in-memory ones."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from enrichment.snapshot import AuthorSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    routing_key: str
+    message_id: str  # deterministic: a replay yields the same id, so consumers can de-duplicate
+    correlation_id: str
+    body: bytes
+
+
+class Publisher(Protocol):
+    async def send(self, message: OutgoingMessage) -> asyncio.Future[None]:
+        """Wait for room in the publish window, send, and return a future that completes on confirm.
+
+        The future fails with PublishFailed if the broker never confirms.
+        """
+        ...
+
+
+class FollowerGraph(Protocol):
+    def followers(self, user_id: str) -> AsyncIterator[str]:
+        """Stream the ids following ``user_id`` in ascending id order, without loading them all."""
+        ...
+
+
+class PostStore(Protocol):
+    async def set_snapshots(self, items: Sequence[tuple[Any, AuthorSnapshot]]) -> int:
+        """Embed each snapshot in its post where the stored one is absent or older. Returns posts changed."""
+        ...
+
+    async def rewrite_author_snapshot(self, snapshot: AuthorSnapshot) -> int:
+        """Embed ``snapshot`` in every post of its author holding an older (or no) snapshot."""
+        ...
+
+
+class DeadLetters(Protocol):
+    async def put(self, stream: str, token: Any, raw: Any, error: str) -> None:
+        """Durably keep an event that cannot be handled, with the reason."""
+        ...

@@ -1,0 +1,68 @@
+"""Profile edits: invalidate every cache layer everywhere, rewrite embedded snapshots, announce."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from enrichment.cache import LayeredCache
+from enrichment.invalidation import InvalidationBus
+from enrichment.snapshot import AuthorSnapshot
+from handlers.events import ChangeEvent, parse_profile_change
+from handlers.ports import OutgoingMessage, PostStore, Publisher
+
+ROUTING_KEY = "profile.updated"
+
+
+@dataclass(slots=True)
+class ProfileStats:
+    changes: int = 0
+    ignored: int = 0  # edits that touched no display field
+    posts_rewritten: int = 0
+    l2_replaced: int = 0
+
+
+def profile_message(snapshot: AuthorSnapshot) -> OutgoingMessage:
+    body = {"schema": 1, "type": ROUTING_KEY, "user": snapshot.to_dict()}
+    return OutgoingMessage(
+        routing_key=ROUTING_KEY,
+        message_id=f"profile:{snapshot.user_id}:v:{snapshot.version}",
+        correlation_id=snapshot.user_id,
+        body=orjson.dumps(body),
+    )
+
+
+class ProfileChangedHandler:
+    def __init__(
+        self, cache: LayeredCache, bus: InvalidationBus, posts: PostStore, publisher: Publisher
+    ) -> None:
+        self._cache = cache
+        self._bus = bus
+        self._posts = posts
+        self._publisher = publisher
+        self.stats = ProfileStats()
+
+    async def handle_events(self, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
+        """Cascade each display change; other edits are counted as ignored."""
+        results = await asyncio.gather(*(self._one(e) for e in events), return_exceptions=True)
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    async def _one(self, event: ChangeEvent) -> None:
+        change = parse_profile_change(event)
+        if change is None:
+            self.stats.ignored += 1
+            return
+        await self.handle(change.snapshot)
+
+    async def handle(self, snapshot: AuthorSnapshot) -> None:
+        """Cascade one display change. Idempotent: a replay changes nothing newer."""
+        if await self._cache.apply_change(snapshot):
+            self.stats.l2_replaced += 1
+        await self._bus.publish(snapshot.user_id, snapshot.version)
+        self.stats.posts_rewritten += await self._posts.rewrite_author_snapshot(snapshot)
+        confirm = await self._publisher.send(profile_message(snapshot))
+        await confirm
+        self.stats.changes += 1

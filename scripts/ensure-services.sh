@@ -1,0 +1,533 @@
+#!/usr/bin/env bash
+# ensure-services.sh — make sure Redis and RabbitMQ are reachable for
+# `make test` / `make demo`.  Starts them (and, on Debian/Ubuntu as root or
+# with passwordless sudo, installs them) when they are not.
+#
+# Usage: scripts/ensure-services.sh [--check] [-h|--help]
+#   --check   only check reachability; never start or install anything.
+#
+# Environment:
+#   REDIS_HOST (127.0.0.1)   REDIS_PORT (6379)
+#   AMQP_HOST  (127.0.0.1)   AMQP_PORT  (5672)
+#   RABBITMQ_START_TIMEOUT   seconds to wait for RabbitMQ to boot (60)
+#   CI                       when "true", failure messages say so (exit is 1
+#                            on any unreachable service either way)
+#
+# Services are only started/installed when their host is local
+# (127.0.0.1, localhost or ::1).  Exit status: 0 = both reachable, 1 = not,
+# 2 = usage error.
+set -euo pipefail
+
+# Non-root Debian users often lack the sbin dirs (rabbitmq-* live there).
+PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
+export PATH
+
+REDIS_HOST="${REDIS_HOST:-127.0.0.1}"
+REDIS_PORT="${REDIS_PORT:-6379}"
+AMQP_HOST="${AMQP_HOST:-127.0.0.1}"
+AMQP_PORT="${AMQP_PORT:-5672}"
+RABBITMQ_START_TIMEOUT="${RABBITMQ_START_TIMEOUT:-60}"
+CI="${CI:-}"
+
+CHECK_ONLY=0
+PROG="${0##*/}"
+
+usage() {
+    sed -n '2,18s/^# \{0,1\}//p' "$0"
+}
+
+while (($#)); do
+    case "$1" in
+        --check) CHECK_ONLY=1 ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        *)
+            echo "${PROG}: unknown argument: $1" >&2
+            usage >&2
+            exit 2
+            ;;
+    esac
+    shift
+done
+
+# ----------------------------------------------------------------- helpers
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# Run a command with a time limit when `timeout` exists.
+with_timeout() {
+    local secs="$1"
+    shift
+    if have timeout; then
+        timeout "$secs" "$@"
+    else
+        "$@"
+    fi
+}
+
+now_ms() { date +%s%3N; }
+
+elapsed() { # elapsed <start_ms> -> "1.2s"
+    local ms=$(($(now_ms) - $1))
+    printf '%d.%ds' $((ms / 1000)) $((ms % 1000 / 100))
+}
+
+is_local() {
+    case "$1" in
+        127.0.0.1 | localhost | ::1 | '[::1]') return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# Privilege: "" when root, "sudo -n" when passwordless sudo works, else
+# unset (ROOT_OK=0).  Determined lazily: only needed on the slow paths.
+ROOT_CHECKED=0
+ROOT_OK=0
+SUDO=()
+check_root() {
+    ((ROOT_CHECKED)) && return 0
+    ROOT_CHECKED=1
+    if [[ "$(id -u)" -eq 0 ]]; then
+        ROOT_OK=1
+        SUDO=()
+    elif have sudo && sudo -n true >/dev/null 2>&1; then
+        ROOT_OK=1
+        SUDO=(sudo -n)
+    fi
+    return 0
+}
+
+as_root() { ${SUDO[@]+"${SUDO[@]}"} "$@"; }
+
+# TCP connect via bash's /dev/tcp, in a child bash so a hang can be timed out.
+tcp_open() {
+    # shellcheck disable=SC2016  # expanded by the child bash, on purpose
+    with_timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" >/dev/null 2>&1
+}
+
+LOGDIR="${TMPDIR:-/tmp}"
+TMPFILES=()
+cleanup() {
+    if ((${#TMPFILES[@]})); then
+        rm -f "${TMPFILES[@]}"
+    fi
+}
+trap cleanup EXIT
+# mktemp_log: sets LOG to a fresh temp file (removed on exit).  Not used via
+# $(...), which would lose the TMPFILES bookkeeping in the subshell.
+LOG=""
+mktemp_log() {
+    LOG="$(mktemp "${LOGDIR}/ensure-services.XXXXXX")"
+    TMPFILES+=("$LOG")
+}
+
+indent_tail() { # indent_tail <file> [lines]
+    [[ -r "$1" ]] || return 0
+    tail -n "${2:-15}" "$1" 2>/dev/null | sed 's/^/    | /' >&2 || true
+}
+
+# Serialise the start/install paths between concurrent invocations
+# (e.g. `make test` and `make demo` in parallel).  Best effort.
+LOCKED=0
+take_lock() {
+    ((LOCKED)) && return 0
+    LOCKED=1
+    have flock || return 0
+    local lockfile="${LOGDIR}/fanout-ensure-services.lock"
+    if { exec 9>>"$lockfile"; } 2>/dev/null; then
+        flock -w 180 9 || true
+    fi
+}
+
+APT_UPDATED=0
+# apt_install <package> <logfile>: returns 0 on success, 1 on failure,
+# 3 when installing is not possible here (no apt-get or no root).
+apt_install() {
+    local pkg="$1" log="$2"
+    have apt-get || return 3
+    check_root
+    ((ROOT_OK)) || return 3
+    # Refresh package lists only when the package has no install candidate.
+    if ((!APT_UPDATED)) && ! apt-cache policy "$pkg" 2>/dev/null |
+        grep -Eq '^[[:space:]]*Candidate:[[:space:]]*[^([:space:]]'; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+            >>"$log" 2>&1 </dev/null 9>&- || return 1
+        APT_UPDATED=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        --no-install-recommends "$pkg" >>"$log" 2>&1 </dev/null 9>&-
+}
+
+fail_hint() {
+    if [[ "$CI" == "true" ]]; then
+        echo "    (CI=true: a missing service is a hard failure)" >&2
+    fi
+}
+
+# ------------------------------------------------------------------- redis
+
+REDIS_DIR=/var/lib/redis
+REDIS_LOGDIR=/var/log/redis
+
+redis_up() {
+    local out
+    if have redis-cli; then
+        out="$(with_timeout 3 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" || return 1
+        [[ "$out" == PONG ]]
+    else
+        # No redis-cli: speak the inline protocol over /dev/tcp.
+        # shellcheck disable=SC2016
+        with_timeout 3 bash -c '
+            exec 3<>"/dev/tcp/$0/$1" || exit 1
+            printf "PING\r\n" >&3
+            IFS= read -r -t 2 line <&3 || exit 1
+            [[ "$line" == +PONG* ]]' "$REDIS_HOST" "$REDIS_PORT" >/dev/null 2>&1
+    fi
+}
+
+ipv6_loopback_available() {
+    [[ -r /proc/net/if_inet6 ]] &&
+        grep -q '^00000000000000000000000000000001 ' /proc/net/if_inet6
+}
+
+# redis_launch <bind...>: start a daemonized redis-server; output to $1 log.
+redis_launch() {
+    local log="$1"
+    shift
+    echo "+ redis-server --daemonize yes --bind $* --port ${REDIS_PORT} ..." >>"$log"
+    # 9>&-: don't let the daemon inherit (and so hold) our lock descriptor.
+    as_root redis-server --daemonize yes --bind "$@" --port "$REDIS_PORT" \
+        --save "" --appendonly no --dir "$REDIS_DIR" \
+        --logfile "${REDIS_LOGDIR}/ci.log" >>"$log" 2>&1 </dev/null 9>&-
+}
+
+redis_wait() { # redis_wait <seconds>
+    local deadline=$(($(now_ms) + $1 * 1000))
+    while (($(now_ms) < deadline)); do
+        redis_up && return 0
+        sleep 0.2
+    done
+    redis_up
+}
+
+redis_start() { # redis_start <log>; returns 0 when reachable afterwards
+    local log="$1"
+    check_root
+    if ((!ROOT_OK)); then
+        # Redis does not need root: fall back to per-user dirs.
+        REDIS_DIR="${XDG_RUNTIME_DIR:-${TMPDIR:-/tmp}}/fanout-redis-$(id -u)"
+        REDIS_LOGDIR="$REDIS_DIR"
+    fi
+    as_root mkdir -p "$REDIS_DIR" "$REDIS_LOGDIR" >>"$log" 2>&1 || true
+
+    if ipv6_loopback_available; then
+        redis_launch "$log" 127.0.0.1 -::1 && redis_wait 5 && return 0
+        echo "redis: not up after '--bind 127.0.0.1 -::1'; retrying with IPv4-only bind" >&2
+    fi
+    redis_launch "$log" 127.0.0.1 && redis_wait 5
+}
+
+ensure_redis() {
+    local where="${REDIS_HOST}:${REDIS_PORT}"
+    if redis_up; then
+        if ((CHECK_ONLY)); then echo "redis: up"; else echo "redis: up (already running)"; fi
+        return 0
+    fi
+    if ((CHECK_ONLY)); then
+        echo "redis: DOWN (no PONG from ${where})" >&2
+        return 1
+    fi
+    if ! is_local "$REDIS_HOST"; then
+        echo "redis: FAILED — no PONG from ${where}; host is not local, so not starting it" >&2
+        fail_hint
+        return 1
+    fi
+
+    take_lock
+    if redis_up; then # someone else started it while we waited for the lock
+        echo "redis: up (started concurrently)"
+        return 0
+    fi
+
+    local log installed=0 rc=0 t0
+    mktemp_log
+    log="$LOG"
+    t0="$(now_ms)"
+    if ! have redis-server; then
+        echo "redis: redis-server not found; installing package redis-server ..." >&2
+        apt_install redis-server "$log" || rc=$?
+        if ((rc == 3)); then
+            echo "redis: FAILED — not reachable at ${where}, redis-server is not installed," \
+                "and it cannot be installed here (needs apt-get and root or passwordless sudo)" >&2
+            fail_hint
+            return 1
+        elif ((rc != 0)); then
+            echo "redis: FAILED — not reachable at ${where}; 'apt-get install redis-server' failed:" >&2
+            indent_tail "$log"
+            fail_hint
+            return 1
+        fi
+        installed=1
+        # A package postinst may have started it already.
+        if redis_wait 1; then
+            echo "redis: installed and started ($(elapsed "$t0"))"
+            return 0
+        fi
+    fi
+
+    if redis_start "$log"; then
+        if ((installed)); then
+            echo "redis: installed and started ($(elapsed "$t0"))"
+        else
+            echo "redis: started ($(elapsed "$t0"))"
+        fi
+        return 0
+    fi
+    echo "redis: FAILED — not reachable at ${where}; tried:" \
+        "redis-server --daemonize yes --bind 127.0.0.1 [-::1] --port ${REDIS_PORT}" \
+        "--dir ${REDIS_DIR} --logfile ${REDIS_LOGDIR}/ci.log" >&2
+    indent_tail "$log"
+    echo "    last lines of ${REDIS_LOGDIR}/ci.log:" >&2
+    indent_tail "${REDIS_LOGDIR}/ci.log" 10
+    fail_hint
+    return 1
+}
+
+# ---------------------------------------------------------------- rabbitmq
+
+# rabbitmq-diagnostics is only usable as root/rabbitmq (Debian's wrapper
+# refuses other users) and only says something about a *local* node.
+DIAG=()
+DIAG_CHECKED=0
+setup_diag() {
+    ((DIAG_CHECKED)) && return 0
+    DIAG_CHECKED=1
+    is_local "$AMQP_HOST" || return 0
+    have rabbitmq-diagnostics || return 0
+    if [[ "$(id -u)" -eq 0 ]] || [[ "$(id -un)" == rabbitmq ]]; then
+        DIAG=(rabbitmq-diagnostics)
+    else
+        check_root
+        if ((ROOT_OK)); then DIAG=(sudo -n rabbitmq-diagnostics); fi
+    fi
+    return 0
+}
+
+diag_ping() {
+    ((${#DIAG[@]})) || return 1
+    with_timeout 15 "${DIAG[@]}" -q ping --timeout 5 >/dev/null 2>&1 </dev/null
+}
+
+# rabbit_state: sets RSTATE to "up", "down" or "partial" (the node answers
+# ping but the AMQP port is closed, or vice versa: booting or misconfigured).
+RSTATE=down
+R_TCP=0
+R_PING=0
+rabbit_state() {
+    setup_diag
+    local tcp=0 ping=0
+    tcp_open "$AMQP_HOST" "$AMQP_PORT" && tcp=1
+    R_TCP=$tcp
+    if ((${#DIAG[@]})); then
+        diag_ping && ping=1
+        R_PING=$ping
+        if ((tcp && ping)); then
+            RSTATE=up
+        elif ((tcp || ping)); then
+            RSTATE=partial
+        else
+            RSTATE=down
+        fi
+    elif ((tcp)); then
+        RSTATE=up
+    else
+        RSTATE=down
+    fi
+}
+
+rabbit_partial_desc() {
+    if ((R_PING)); then
+        echo "node answers 'rabbitmq-diagnostics -q ping' but ${AMQP_HOST}:${AMQP_PORT} refuses TCP connections"
+    else
+        echo "${AMQP_HOST}:${AMQP_PORT} accepts TCP connections but 'rabbitmq-diagnostics -q ping' fails"
+    fi
+}
+
+# rabbit_wait <seconds>: poll every ~0.5 s.  The AMQP listener opens at the
+# very end of boot, so poll the cheap TCP connect and only confirm with the
+# (~0.5 s) `rabbitmq-diagnostics -q ping` once the port accepts connections.
+rabbit_wait() {
+    local deadline=$(($(now_ms) + $1 * 1000))
+    while (($(now_ms) < deadline)); do
+        if tcp_open "$AMQP_HOST" "$AMQP_PORT"; then
+            rabbit_state
+            [[ "$RSTATE" == up ]] && return 0
+        fi
+        sleep 0.5
+    done
+    rabbit_state
+    [[ "$RSTATE" == up ]]
+}
+
+diag_output() { # show why the ping fails
+    ((${#DIAG[@]})) || return 0
+    echo "    output of '${DIAG[*]} -q ping':" >&2
+    with_timeout 15 "${DIAG[@]}" -q ping --timeout 5 2>&1 </dev/null |
+        tail -n 8 | sed 's/^/    | /' >&2 || true
+}
+
+rabbit_start() { # rabbit_start <log>
+    local log="$1"
+    local -a envs=(
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+        ERL_EPMD_ADDRESS=127.0.0.1
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}"
+    )
+    if [[ "$AMQP_PORT" != 5672 ]]; then
+        envs+=("RABBITMQ_NODE_PORT=${AMQP_PORT}")
+    fi
+    echo "+ ${envs[*]} rabbitmq-server -detached" >>"$log"
+    # Output goes to a file, never a pipe: the detached node may keep
+    # inherited descriptors open and a pipe would then never reach EOF.
+    # 9>&-: don't let the node inherit (and so hold) our lock descriptor.
+    as_root env "${envs[@]}" rabbitmq-server -detached >>"$log" 2>&1 </dev/null 9>&-
+}
+
+rabbit_logs() {
+    local f
+    for f in /var/log/rabbitmq/startup_err /var/log/rabbitmq/startup_log; do
+        [[ -s "$f" ]] || continue
+        echo "    last lines of ${f}:" >&2
+        indent_tail "$f" 10
+    done
+    # Newest node log.
+    local newest="" g
+    for g in /var/log/rabbitmq/rabbit@*.log; do
+        [[ -f "$g" && "$g" != *_upgrade.log ]] || continue
+        if [[ -z "$newest" || "$g" -nt "$newest" ]]; then newest="$g"; fi
+    done
+    f="$newest"
+    if [[ -n "$f" ]]; then
+        echo "    last lines of ${f}:" >&2
+        indent_tail "$f" 10
+    fi
+}
+
+ensure_rabbitmq() {
+    local where="${AMQP_HOST}:${AMQP_PORT}"
+    rabbit_state
+    if [[ "$RSTATE" == up ]]; then
+        if ((CHECK_ONLY)); then echo "rabbitmq: up"; else echo "rabbitmq: up (already running)"; fi
+        return 0
+    fi
+    if ((CHECK_ONLY)); then
+        if [[ "$RSTATE" == partial ]]; then
+            echo "rabbitmq: DOWN ($(rabbit_partial_desc); still booting?)" >&2
+        else
+            echo "rabbitmq: DOWN (no TCP connection to ${where})" >&2
+        fi
+        return 1
+    fi
+    if ! is_local "$AMQP_HOST"; then
+        echo "rabbitmq: FAILED — cannot connect to ${where}; host is not local, so not starting it" >&2
+        fail_hint
+        return 1
+    fi
+
+    take_lock
+    local log installed=0 rc=0 t0 tried
+    mktemp_log
+    log="$LOG"
+    t0="$(now_ms)"
+    rabbit_state
+    if [[ "$RSTATE" == up ]]; then
+        echo "rabbitmq: up (started concurrently)"
+        return 0
+    fi
+    if [[ "$RSTATE" == partial ]]; then
+        # Something is there: don't start a second node.  Ping OK + port
+        # closed means the node is still booting, so wait the full timeout;
+        # port open + ping failing is rather a misconfiguration (CLI cannot
+        # authenticate, other node name, something else on the port), so
+        # give it only a few seconds.
+        local wait_s="$RABBITMQ_START_TIMEOUT"
+        ((R_PING)) || wait_s=5
+        tried="waited ${wait_s}s for it to become ready instead of starting another node"
+        if rabbit_wait "$wait_s"; then
+            echo "rabbitmq: up (was booting, ready after $(elapsed "$t0"))"
+            return 0
+        fi
+        echo "rabbitmq: FAILED — $(rabbit_partial_desc); ${tried}" >&2
+        ((R_PING)) || diag_output
+        rabbit_logs
+        fail_hint
+        return 1
+    fi
+
+    if ! have rabbitmq-server; then
+        echo "rabbitmq: rabbitmq-server not found; installing package rabbitmq-server ..." >&2
+        apt_install rabbitmq-server "$log" || rc=$?
+        if ((rc == 3)); then
+            echo "rabbitmq: FAILED — cannot connect to ${where}, rabbitmq-server is not installed," \
+                "and it cannot be installed here (needs apt-get and root or passwordless sudo)" >&2
+            fail_hint
+            return 1
+        elif ((rc != 0)); then
+            echo "rabbitmq: FAILED — cannot connect to ${where}; 'apt-get install rabbitmq-server' failed:" >&2
+            indent_tail "$log"
+            fail_hint
+            return 1
+        fi
+        installed=1
+        DIAG_CHECKED=0 # rabbitmq-diagnostics exists now
+        rabbit_state
+        if [[ "$RSTATE" == partial ]] && rabbit_wait "$RABBITMQ_START_TIMEOUT"; then
+            RSTATE=up
+        fi
+        if [[ "$RSTATE" == up ]]; then # a postinst may have started it
+            echo "rabbitmq: installed and started ($(elapsed "$t0"))"
+            return 0
+        fi
+    fi
+
+    check_root
+    if ((!ROOT_OK)); then
+        echo "rabbitmq: FAILED — cannot connect to ${where}; starting rabbitmq-server needs" \
+            "root or passwordless sudo (Debian's wrapper only runs as root/rabbitmq)" >&2
+        fail_hint
+        return 1
+    fi
+
+    tried="RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 ERL_EPMD_ADDRESS=127.0.0.1 rabbitmq-server -detached"
+    if ! rabbit_start "$log"; then
+        echo "rabbitmq: FAILED — cannot connect to ${where}; '${tried}' exited non-zero:" >&2
+        indent_tail "$log"
+        rabbit_logs
+        fail_hint
+        return 1
+    fi
+    if rabbit_wait "$RABBITMQ_START_TIMEOUT"; then
+        if ((installed)); then
+            echo "rabbitmq: installed and started ($(elapsed "$t0"))"
+        else
+            echo "rabbitmq: started ($(elapsed "$t0"))"
+        fi
+        return 0
+    fi
+    echo "rabbitmq: FAILED — not ready at ${where} within ${RABBITMQ_START_TIMEOUT}s;" \
+        "tried '${tried}' then polled TCP + 'rabbitmq-diagnostics -q ping'" >&2
+    indent_tail "$log"
+    if ((R_TCP && !R_PING)); then diag_output; fi
+    rabbit_logs
+    fail_hint
+    return 1
+}
+
+# -------------------------------------------------------------------- main
+
+status=0
+ensure_redis || status=1
+ensure_rabbitmq || status=1
+exit "$status"

@@ -1,0 +1,121 @@
+"""An in-memory stand-in for one MongoDB database with a change log. NOT MongoDB.
+
+It powers ``fanout-worker demo``, the benchmarks and unit tests. It keeps documents per collection
+and appends one change event per write, like an oplog: ordered, with opaque resume tokens,
+``fullDocument`` on inserts and replaces, ``updateDescription`` on updates and ``clusterTime``.
+The log can be capped to emulate an oplog window; resuming from a trimmed token fails like
+MongoDB's error 286. There are no queries, indexes, transactions or durability across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import Timestamp
+
+from enrichment.errors import StreamFatal
+
+Doc = dict[str, Any]
+
+
+def _token(seq: int) -> dict[str, str]:
+    return {"_data": f"82{seq:016X}"}
+
+
+def token_seq(token: Any) -> int | None:
+    """The log position of a token this database issued, or None if it is not one of ours."""
+    data = token.get("_data") if isinstance(token, dict) else None
+    if not isinstance(data, str) or not data.startswith("82"):
+        return None
+    try:
+        return int(data[2:], 16)
+    except ValueError:
+        return None
+
+
+class MemoryDatabase:
+    def __init__(self, name: str = "social", max_log: int | None = None) -> None:
+        self.name = name
+        self.collections: dict[str, dict[Any, Doc]] = {}
+        self._log: deque[tuple[int, Doc]] = deque(maxlen=max_log)
+        self._seq = 0
+        self._changed: asyncio.Event | None = None
+
+    def collection(self, name: str) -> dict[Any, Doc]:
+        return self.collections.setdefault(name, {})
+
+    # --- writes: each one appends to the change log -------------------------------------
+
+    def insert(self, coll: str, doc: Doc) -> None:
+        docs = self.collection(coll)
+        if doc["_id"] in docs:
+            raise KeyError(f"duplicate key {doc['_id']!r} in {coll}")
+        docs[doc["_id"]] = copy.deepcopy(doc)
+        self._append(coll, "insert", doc["_id"], fullDocument=copy.deepcopy(doc))
+
+    def update(self, coll: str, doc_id: Any, set_fields: Doc) -> bool:
+        doc = self.collection(coll).get(doc_id)
+        if doc is None:
+            return False
+        doc.update(copy.deepcopy(set_fields))
+        desc = {"updatedFields": copy.deepcopy(set_fields), "removedFields": [], "truncatedArrays": []}
+        self._append(coll, "update", doc_id, updateDescription=desc)
+        return True
+
+    def replace(self, coll: str, doc: Doc) -> None:
+        self.collection(coll)[doc["_id"]] = copy.deepcopy(doc)
+        self._append(coll, "replace", doc["_id"], fullDocument=copy.deepcopy(doc))
+
+    def delete(self, coll: str, doc_id: Any) -> None:
+        if self.collection(coll).pop(doc_id, None) is not None:
+            self._append(coll, "delete", doc_id)
+
+    def _append(self, coll: str, op: str, doc_id: Any, **extra: Any) -> None:
+        self._seq += 1
+        now = datetime.now(UTC)
+        event: Doc = {
+            "_id": _token(self._seq),
+            "operationType": op,
+            "clusterTime": Timestamp(now, self._seq % 2**31),
+            "wallTime": now,
+            "ns": {"db": self.name, "coll": coll},
+            "documentKey": {"_id": doc_id},
+            **extra,
+        }
+        self._log.append((self._seq, event))
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    # --- reads for the change feed ------------------------------------------------------
+
+    @property
+    def last_token(self) -> dict[str, str]:
+        return _token(self._seq)
+
+    def events_after(self, stream: str, seq: int, limit: int) -> list[tuple[int, Doc]]:
+        """Up to ``limit`` logged events with a position above ``seq``; raise if ``seq`` is trimmed."""
+        if self._log and seq < self._log[0][0] - 1:
+            raise StreamFatal(stream, 286, "resume point is no longer in the change log (history lost)")
+        out: list[tuple[int, Doc]] = []
+        for pos, event in self._log:
+            if pos > seq:
+                out.append((pos, event))
+                if len(out) >= limit:
+                    break
+        return out
+
+    @property
+    def position(self) -> int:
+        return self._seq
+
+    async def wait_for_change(self, max_wait: float) -> None:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), max_wait)

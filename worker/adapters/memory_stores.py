@@ -1,0 +1,131 @@
+"""In-memory profile source, follower graph, post store, checkpoint and dead-letter stores.
+
+Stand-ins for the demo, benchmarks and unit tests. NOT MongoDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from loguru import logger
+
+from enrichment.errors import InvalidEvent
+from enrichment.snapshot import AuthorSnapshot
+from worker.adapters.memory_db import MemoryDatabase
+from worker.ports import Checkpoint
+
+
+class MemoryProfileSource:
+    def __init__(self, db: MemoryDatabase, collection: str = "profiles") -> None:
+        self._db = db
+        self._collection = collection
+        self.queries = 0
+        self.ids_requested = 0
+
+    async def fetch_many(self, user_ids: Sequence[str]) -> dict[str, AuthorSnapshot]:
+        self.queries += 1
+        self.ids_requested += len(user_ids)
+        docs = self._db.collection(self._collection)
+        out: dict[str, AuthorSnapshot] = {}
+        for user_id in user_ids:
+            doc = docs.get(user_id)
+            if doc is None:
+                continue
+            try:
+                out[user_id] = AuthorSnapshot.from_profile(doc)
+            except InvalidEvent as exc:
+                logger.warning("profile {} is malformed, treated as missing: {}", user_id, exc)
+        return out
+
+
+class MemoryFollowerGraph:
+    """Followers per followee, kept sorted so the stream order is deterministic, like the index."""
+
+    def __init__(self, page_size: int = 1_000) -> None:
+        self._followers: dict[str, list[str]] = {}
+        self._page = page_size
+
+    def add(self, follower_id: str, followee_id: str) -> None:
+        followers = self._followers.setdefault(followee_id, [])
+        i = bisect.bisect_left(followers, follower_id)
+        if i == len(followers) or followers[i] != follower_id:
+            followers.insert(i, follower_id)
+
+    def set_followers(self, followee_id: str, follower_ids: list[str]) -> None:
+        """Bulk load (already unique); sorts in place."""
+        follower_ids.sort()
+        self._followers[followee_id] = follower_ids
+
+    def count(self, followee_id: str) -> int:
+        return len(self._followers.get(followee_id, ()))
+
+    async def followers(self, user_id: str) -> AsyncIterator[str]:
+        followers = self._followers.get(user_id, [])
+        for start in range(0, len(followers), self._page):
+            # Yield to the loop between pages, like a cursor's getMore would.
+            await asyncio.sleep(0)
+            for follower in followers[start : start + self._page]:
+                yield follower
+
+
+def _newer(stored: Any, version: int) -> bool:
+    return not isinstance(stored, dict) or int(stored.get("version", -1)) < version
+
+
+class MemoryPostStore:
+    def __init__(self, db: MemoryDatabase, collection: str = "posts") -> None:
+        self._db = db
+        self._collection = collection
+        self.update_calls = 0
+
+    async def set_snapshots(self, items: Sequence[tuple[Any, AuthorSnapshot]]) -> int:
+        self.update_calls += len({snap.user_id for _, snap in items})
+        changed = 0
+        for post_id, snap in items:
+            doc = self._db.collection(self._collection).get(post_id)
+            if (
+                doc is not None
+                and doc.get("author_id") == snap.user_id
+                and _newer(doc.get("author_snapshot"), snap.version)
+            ):
+                self._db.update(self._collection, post_id, {"author_snapshot": snap.to_dict()})
+                changed += 1
+        return changed
+
+    async def rewrite_author_snapshot(self, snapshot: AuthorSnapshot) -> int:
+        self.update_calls += 1
+        changed = 0
+        for post_id, doc in list(self._db.collection(self._collection).items()):
+            if doc.get("author_id") == snapshot.user_id and _newer(
+                doc.get("author_snapshot"), snapshot.version
+            ):
+                self._db.update(self._collection, post_id, {"author_snapshot": snapshot.to_dict()})
+                changed += 1
+        return changed
+
+
+class MemoryCheckpointStore:
+    def __init__(self) -> None:
+        self.saved: dict[str, Checkpoint] = {}
+        self.saves = 0
+
+    async def load(self, stream: str) -> Checkpoint | None:
+        return self.saved.get(stream)
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        self.saves += 1
+        self.saved[checkpoint.stream] = checkpoint
+
+
+class MemoryDeadLetters:
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    async def put(self, stream: str, token: Any, raw: Any, error: str) -> None:
+        self.items.append(
+            {"stream": stream, "token": token, "event": raw, "error": error, "at": datetime.now(UTC)}
+        )

@@ -1,0 +1,174 @@
+"""Profile source, follower graph, post store, checkpoints and dead letters on PyMongo async."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import json_util
+from loguru import logger
+from pymongo import UpdateMany
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
+
+from enrichment.errors import InvalidEvent
+from enrichment.snapshot import AuthorSnapshot
+from worker.adapters.mongo_errors import translate
+from worker.ports import Checkpoint
+
+Coll = AsyncCollection[dict[str, Any]]
+_PROFILE_FIELDS = {"username": 1, "display_name": 1, "avatar_url": 1, "version": 1}
+MAX_DEAD_LETTER_EVENT_BYTES = 1_000_000
+
+
+def _older_than(version: int) -> dict[str, Any]:
+    """Posts whose embedded snapshot is absent or older than ``version``: the version guard."""
+    return {
+        "$or": [
+            {"author_snapshot": {"$exists": False}},
+            {"author_snapshot": None},
+            {"author_snapshot.version": {"$lt": version}},
+        ]
+    }
+
+
+class MongoProfileSource:
+    def __init__(self, profiles: Coll) -> None:
+        self._profiles = profiles
+
+    async def fetch_many(self, user_ids: Sequence[str]) -> dict[str, AuthorSnapshot]:
+        out: dict[str, AuthorSnapshot] = {}
+        try:
+            async for doc in self._profiles.find({"_id": {"$in": list(user_ids)}}, _PROFILE_FIELDS):
+                try:
+                    snap = AuthorSnapshot.from_profile(doc)
+                except InvalidEvent as exc:
+                    logger.warning("malformed profile treated as missing: {}", exc)
+                    continue
+                out[snap.user_id] = snap
+        except PyMongoError as exc:
+            raise translate(exc, "profiles find") from exc
+        return out
+
+
+class MongoFollowerGraph:
+    """Needs the index ``{followee_id: 1, follower_id: 1}`` on ``follows``: it serves the filter and
+    the sort, so followers stream in a stable order and chunk ``n`` is the same on a replay."""
+
+    def __init__(self, follows: Coll, batch_size: int) -> None:
+        self._follows = follows
+        self._batch_size = batch_size
+
+    async def followers(self, user_id: str) -> AsyncIterator[str]:
+        cursor = (
+            self._follows.find({"followee_id": user_id}, {"follower_id": 1, "_id": 0})
+            .sort("follower_id", 1)
+            .batch_size(self._batch_size)
+        )
+        try:
+            async for doc in cursor:
+                follower = doc.get("follower_id")
+                if isinstance(follower, str):
+                    yield follower
+        except PyMongoError as exc:
+            raise translate(exc, "follows find") from exc
+        finally:
+            await cursor.close()
+
+
+class MongoPostStore:
+    """Needs ``{author_id: 1}`` on ``posts`` for the cascade's ``update_many``."""
+
+    def __init__(self, posts: Coll) -> None:
+        self._posts = posts
+
+    async def set_snapshots(self, items: Sequence[tuple[Any, AuthorSnapshot]]) -> int:
+        by_author: dict[str, tuple[AuthorSnapshot, list[Any]]] = {}
+        for post_id, snap in items:
+            by_author.setdefault(snap.user_id, (snap, []))[1].append(post_id)
+        # One round trip for the batch: one guarded UpdateMany per distinct author.
+        ops = [
+            UpdateMany(
+                {"_id": {"$in": ids}, "author_id": snap.user_id, **_older_than(snap.version)},
+                {"$set": {"author_snapshot": snap.to_dict()}},
+            )
+            for snap, ids in by_author.values()
+        ]
+        try:
+            result = await self._posts.bulk_write(ops, ordered=False)
+        except PyMongoError as exc:
+            raise translate(exc, "posts snapshot write") from exc
+        return result.modified_count
+
+    async def rewrite_author_snapshot(self, snapshot: AuthorSnapshot) -> int:
+        try:
+            result = await self._posts.update_many(
+                {"author_id": snapshot.user_id, **_older_than(snapshot.version)},
+                {"$set": {"author_snapshot": snapshot.to_dict()}},
+            )
+        except PyMongoError as exc:
+            raise translate(exc, "posts snapshot rewrite") from exc
+        return result.modified_count
+
+
+class MongoCheckpointStore:
+    """One document per stream in a collection the worker owns."""
+
+    def __init__(self, checkpoints: Coll) -> None:
+        self._coll = checkpoints
+
+    async def load(self, stream: str) -> Checkpoint | None:
+        try:
+            doc = await self._coll.find_one({"_id": stream})
+        except PyMongoError as exc:
+            raise translate(exc, "checkpoint load") from exc
+        if doc is None or not isinstance(doc.get("token"), Mapping):
+            return None
+        saved_at = _aware(doc.get("saved_at")) or datetime.now(UTC)
+        return Checkpoint(stream, doc["token"], _aware(doc.get("event_time")), saved_at)
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        try:
+            await self._coll.update_one(
+                {"_id": checkpoint.stream},
+                {
+                    "$set": {
+                        "token": dict(checkpoint.token),
+                        "event_time": checkpoint.event_time,
+                        "saved_at": checkpoint.saved_at,
+                    }
+                },
+                upsert=True,
+            )
+        except PyMongoError as exc:
+            raise translate(exc, "checkpoint save") from exc
+
+
+def _aware(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class MongoDeadLetters:
+    def __init__(self, dead_letters: Coll) -> None:
+        self._coll = dead_letters
+
+    async def put(self, stream: str, token: Any, raw: Any, error: str) -> None:
+        # Extended JSON: any event can be stored, whatever its field names; absurd ones are cut.
+        event = json_util.dumps(raw)
+        truncated = len(event) > MAX_DEAD_LETTER_EVENT_BYTES
+        try:
+            await self._coll.insert_one(
+                {
+                    "stream": stream,
+                    "token": json_util.dumps(token),
+                    "error": error,
+                    "event": event[:MAX_DEAD_LETTER_EVENT_BYTES],
+                    "event_truncated": truncated,
+                    "at": datetime.now(UTC),
+                }
+            )
+        except PyMongoError as exc:
+            raise translate(exc, "dead-letter insert") from exc

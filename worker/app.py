@@ -1,0 +1,191 @@
+"""Wiring: the one place that builds clients and adapters and decides which implementation is used."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
+
+from enrichment.breaker import CircuitBreaker
+from enrichment.cache import LayeredCache
+from enrichment.errors import ServiceUnavailable
+from enrichment.invalidation import InvalidationBus, LocalInvalidationBus, RedisInvalidationBus
+from enrichment.memory import MemoryLayer
+from enrichment.redis_layer import RedisLayer
+from enrichment.source import ProfileSource
+from handlers.ports import DeadLetters, FollowerGraph, PostStore, Publisher
+from handlers.posts import PostCreatedHandler
+from handlers.profiles import ProfileChangedHandler
+from worker.adapters.mongo_feed import MongoChangeFeed
+from worker.adapters.mongo_stores import (
+    MongoCheckpointStore,
+    MongoDeadLetters,
+    MongoFollowerGraph,
+    MongoPostStore,
+    MongoProfileSource,
+)
+from worker.ports import ChangeFeed, CheckpointStore
+from worker.publisher import PublishStats, RabbitPublisher
+from worker.settings import Settings
+
+POSTS_STREAM = "posts"
+PROFILES_STREAM = "profiles"
+POST_OPS = ("insert",)
+PROFILE_OPS = ("update", "replace")
+
+
+class ManagedPublisher(Publisher, Protocol):
+    stats: PublishStats
+    window: int
+
+    async def connect(self) -> None: ...
+
+    async def close(self, drain_seconds: float = 0.0) -> None: ...
+
+
+Closer = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class Runtime:
+    """Everything a Worker runs on, built once and passed in."""
+
+    settings: Settings
+    feeds: Mapping[str, ChangeFeed]
+    posts: PostCreatedHandler
+    profiles: ProfileChangedHandler
+    cache: LayeredCache
+    bus: InvalidationBus
+    publisher: ManagedPublisher
+    checkpoints: CheckpointStore
+    dead_letters: DeadLetters
+    closers: list[Closer] = field(default_factory=list)  # closed in reverse order
+    labels: dict[str, str] = field(default_factory=dict)  # what each dependency really is
+
+
+@dataclass(frozen=True)
+class Stores:
+    source: ProfileSource
+    posts: PostStore
+    graph: FollowerGraph
+    checkpoints: CheckpointStore
+    dead_letters: DeadLetters
+
+
+def assemble(
+    settings: Settings,
+    feeds: Mapping[str, ChangeFeed],
+    stores: Stores,
+    publisher: ManagedPublisher,
+    redis_client: aioredis.Redis | None,
+    bus: InvalidationBus | None = None,
+) -> Runtime:
+    """Build the cache and handlers over whichever adapters the caller chose."""
+    r, c, p = settings.redis, settings.cache, settings.pipeline
+    l2 = None
+    if redis_client is not None:
+        l2 = RedisLayer(
+            redis_client,
+            r.key_prefix,
+            r.ttl_seconds,
+            r.ttl_jitter,
+            r.negative_ttl_seconds,
+            CircuitBreaker(r.breaker_threshold, r.breaker_cooldown_seconds),
+            random.Random(),
+        )
+        bus = bus or RedisInvalidationBus(redis_client, f"{r.key_prefix}invalidations")
+    l1 = MemoryLayer(c.l1_max_entries, c.l1_ttl_seconds, c.l1_negative_ttl_seconds)
+    cache = LayeredCache(l1, l2, stores.source)
+    bus = bus or LocalInvalidationBus()
+    return Runtime(
+        settings=settings,
+        feeds=feeds,
+        posts=PostCreatedHandler(
+            cache, stores.posts, stores.graph, publisher, p.chunk_size, p.max_text_bytes
+        ),
+        profiles=ProfileChangedHandler(cache, bus, stores.posts, publisher),
+        cache=cache,
+        bus=bus,
+        publisher=publisher,
+        checkpoints=stores.checkpoints,
+        dead_letters=stores.dead_letters,
+    )
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    r = settings.redis
+    return aioredis.Redis.from_url(
+        r.url.get_secret_value(),
+        socket_timeout=r.socket_timeout_seconds,
+        socket_connect_timeout=r.socket_timeout_seconds,
+        health_check_interval=30,
+    )
+
+
+def rabbit_publisher(settings: Settings) -> RabbitPublisher:
+    q = settings.rabbitmq
+    return RabbitPublisher(
+        q.url.get_secret_value(),
+        q.exchange,
+        q.publish_window,
+        q.confirm_timeout_seconds,
+        q.reconnect_max_seconds,
+    )
+
+
+async def build_runtime(settings: Settings) -> Runtime:
+    """Production wiring: PyMongo async, Redis and RabbitMQ. Fails fast if one is unreachable."""
+    m = settings.mongo
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        m.uri.get_secret_value(),
+        serverSelectionTimeoutMS=m.server_selection_timeout_ms,
+        appname="fanout-worker",
+        tz_aware=True,
+    )
+    closers: list[Closer] = [mongo.close]
+    try:
+        await mongo.admin.command("ping")
+    except PyMongoError as exc:
+        await mongo.close()
+        raise ServiceUnavailable(f"MongoDB is unreachable: {type(exc).__name__}") from None
+    db = mongo[m.database]
+    feeds: dict[str, ChangeFeed] = {
+        POSTS_STREAM: MongoChangeFeed(
+            db[m.posts], POSTS_STREAM, POST_OPS, False, m.max_await_time_ms, m.change_batch_size
+        ),
+        PROFILES_STREAM: MongoChangeFeed(
+            db[m.profiles], PROFILES_STREAM, PROFILE_OPS, True, m.max_await_time_ms, m.change_batch_size
+        ),
+    }
+    stores = Stores(
+        source=MongoProfileSource(db[m.profiles]),
+        posts=MongoPostStore(db[m.posts]),
+        graph=MongoFollowerGraph(db[m.follows], m.follower_batch_size),
+        checkpoints=MongoCheckpointStore(db[m.checkpoints]),
+        dead_letters=MongoDeadLetters(db[m.dead_letters]),
+    )
+    redis = redis_client(settings)
+    closers.append(redis.aclose)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        for close in reversed(closers):
+            await close()
+        raise ServiceUnavailable(f"Redis is unreachable: {type(exc).__name__}") from None
+    publisher = rabbit_publisher(settings)
+    try:
+        await publisher.connect()
+    except ServiceUnavailable:
+        for close in reversed(closers):
+            await close()
+        raise
+    runtime = assemble(settings, feeds, stores, publisher, redis)
+    runtime.closers = closers
+    runtime.labels = {"mongodb": "PyMongo", "redis": "Redis", "rabbitmq": "RabbitMQ"}
+    return runtime

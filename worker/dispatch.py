@@ -1,0 +1,258 @@
+"""One stream's pipeline: read → micro-batch → handle concurrently → checkpoint the contiguous end.
+
+Work in flight is bounded by ``max_in_flight_events``: when it is all taken, the reader stops
+pulling from the change stream, which is the backpressure. Transient failures are retried with
+capped, jittered backoff; permanent ones, and transient ones that exhaust their attempts, go to
+the dead letters with the reason, and the stream moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from loguru import logger
+
+from enrichment.backoff import Backoff
+from enrichment.errors import PermanentError, ServiceUnavailable
+from handlers.events import ChangeEvent, Token
+from handlers.ports import DeadLetters
+from worker.ports import ChangeFeed, Checkpoint, CheckpointStore
+from worker.settings import PipelineSettings
+from worker.watermark import Watermark
+
+_Item = tuple[int, ChangeEvent]
+
+
+class EventHandler(Protocol):
+    async def handle_events(self, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
+        """One result per event: None when fully handled, else the error."""
+        ...
+
+
+@dataclass(slots=True)
+class StreamStats:
+    read: int = 0
+    handled: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    batches: int = 0
+    idle_polls: int = 0
+    checkpoints_saved: int = 0
+    reopens: int = 0
+
+
+class StreamPipeline:
+    def __init__(
+        self,
+        feed: ChangeFeed,
+        handler: EventHandler,
+        checkpoints: CheckpointStore,
+        dead_letters: DeadLetters,
+        settings: PipelineSettings,
+    ) -> None:
+        self.stream = feed.stream
+        self._feed = feed
+        self._handler = handler
+        self._checkpoints = checkpoints
+        self._dead = dead_letters
+        self._cfg = settings
+        self._slots = asyncio.Semaphore(settings.max_in_flight_events)
+        # Unbounded by itself, but only events holding a slot enter it: bounded by the semaphore.
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.watermark = Watermark()
+        self._saved_version = 0
+        self.stats = StreamStats()
+        self.last_progress = time.monotonic()  # a getMore (or try_next) came back
+        self.resumed_from: Token | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self.watermark.outstanding
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain within the deadline and save the checkpoint."""
+        checkpoint = await self._checkpoints.load(self.stream)
+        self.resumed_from = checkpoint.token if checkpoint is not None else None
+        if checkpoint is not None:
+            self.watermark.token = checkpoint.token
+            self.watermark.event_time = checkpoint.event_time
+        logger.bind(stream=self.stream).info(
+            "stream {} starting {}",
+            self.stream,
+            "from its checkpoint" if checkpoint else "from now (no checkpoint yet)",
+        )
+        batcher = asyncio.create_task(self._batch_loop(), name=f"{self.stream} batcher")
+        saver = asyncio.create_task(self._save_loop(), name=f"{self.stream} checkpointer")
+        try:
+            await self._read_loop(stop)
+        finally:
+            await self._queue.put(None)
+            await self._drain(batcher)
+            saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saver
+            await self.save_checkpoint()
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(0.2, self._cfg.retry_max_seconds)
+        resume = self.resumed_from
+        while not stop.is_set():
+            try:
+                async with self._feed.open(resume) as cursor:
+                    while not stop.is_set():
+                        # Never wrap try_next in a timeout: cancelling it closes the stream.
+                        event = await cursor.try_next()
+                        self.last_progress = time.monotonic()
+                        backoff.reset()
+                        resume = cursor.resume_token or resume
+                        if event is None:
+                            self.stats.idle_polls += 1
+                            self.watermark.idle(cursor.resume_token)
+                            continue
+                        await self._slots.acquire()
+                        seq = self.watermark.begin(event.token, event.cluster_time)
+                        self.stats.read += 1
+                        self._queue.put_nowait((seq, event))
+            except ServiceUnavailable as exc:
+                # Errors the driver could not resume by itself: reopen after the last event read.
+                self.stats.reopens += 1
+                delay = backoff.next_delay()
+                logger.bind(stream=self.stream).warning(
+                    "stream {} failed ({}); reopening in {:.1f}s", self.stream, exc, delay
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        max_wait = self._cfg.batch_max_wait_ms / 1000
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = loop.time() + max_wait
+            ended = False
+            while len(batch) < self._cfg.batch_max_events:
+                remaining = deadline - loop.time()
+                try:
+                    item = (
+                        self._queue.get_nowait()
+                        if remaining <= 0
+                        else await asyncio.wait_for(self._queue.get(), remaining)
+                    )
+                except (TimeoutError, asyncio.QueueEmpty):
+                    break
+                if item is None:
+                    ended = True
+                    break
+                batch.append(item)
+            self.stats.batches += 1
+            task = asyncio.create_task(self._process(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            if ended:
+                return
+
+    async def _process(self, batch: list[_Item]) -> None:
+        backoff = Backoff(0.05, self._cfg.retry_max_seconds)
+        pending = batch
+        attempt = 1
+        while pending:
+            events = [event for _, event in pending]
+            try:
+                results = await self._handler.handle_events(events)
+            except Exception as exc:  # a whole-batch failure (e.g. the profile source is down)
+                results = [exc] * len(pending)
+            retry: list[_Item] = []
+            for item, error in zip(pending, results, strict=True):
+                if error is None:
+                    self._finish(item[0])
+                elif isinstance(error, PermanentError):
+                    await self._dead_letter(item, f"{type(error).__name__}: {error}")
+                elif attempt >= self._cfg.max_attempts:
+                    await self._dead_letter(
+                        item, f"gave up after {attempt} attempts: {type(error).__name__}: {error}"
+                    )
+                else:
+                    retry.append(item)
+            if retry:
+                self.stats.retries += len(retry)
+                delay = backoff.next_delay()
+                logger.bind(stream=self.stream).warning(
+                    "{} event(s) failed (attempt {}), retrying in {:.2f}s: {}",
+                    len(retry),
+                    attempt,
+                    delay,
+                    results[0] if len(results) == 1 else "see errors above",
+                )
+                await asyncio.sleep(delay)
+            pending = retry
+            attempt += 1
+
+    async def _dead_letter(self, item: _Item, reason: str) -> None:
+        seq, event = item
+        log = logger.bind(stream=self.stream, token=event.token)
+        log.error("dead-lettering an event of stream {}: {}", self.stream, reason)
+        # Keep trying until it is stored: moving on without it would lose the event.
+        backoff = Backoff(0.1, self._cfg.retry_max_seconds)
+        while True:
+            try:
+                await self._dead.put(self.stream, event.token, event.raw, reason)
+                break
+            except Exception as exc:
+                log.warning("dead-letter write failed ({}); retrying", type(exc).__name__)
+                await asyncio.sleep(backoff.next_delay())
+        self.stats.dead_lettered += 1
+        self._finish(seq, handled=False)
+
+    def _finish(self, seq: int, handled: bool = True) -> None:
+        if handled:
+            self.stats.handled += 1
+        self.watermark.finish(seq)
+        self._slots.release()
+
+    async def _drain(self, batcher: asyncio.Task[None]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._cfg.shutdown_deadline_seconds
+        await asyncio.wait([batcher], timeout=self._cfg.shutdown_deadline_seconds)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - loop.time()))
+        leftover = [t for t in (batcher, *self._tasks) if not t.done()]
+        if leftover:
+            logger.bind(stream=self.stream).warning(
+                "stream {}: {} event(s) unfinished at the shutdown deadline; they will be replayed",
+                self.stream,
+                self.watermark.outstanding,
+            )
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.wait(leftover)
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cfg.checkpoint_interval_seconds)
+            try:
+                await self.save_checkpoint()
+            except Exception as exc:
+                logger.bind(stream=self.stream).warning(
+                    "checkpoint save failed ({}); will retry", type(exc).__name__
+                )
+
+    async def save_checkpoint(self) -> None:
+        """Save the contiguous watermark if it moved since the last save."""
+        mark = self.watermark
+        if mark.token is None or mark.version == self._saved_version:
+            return
+        version = mark.version
+        await self._checkpoints.save(Checkpoint(self.stream, mark.token, mark.event_time, datetime.now(UTC)))
+        self._saved_version = version
+        self.stats.checkpoints_saved += 1

@@ -1,0 +1,74 @@
+"""Logging with loguru: text for people, JSON for collectors, credentials always redacted."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
+
+# user:password@ in any URL-like string: the password is replaced before any sink sees it.
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
+
+
+def redact(text: str) -> str:
+    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+def _patch(record: Record) -> None:
+    record["message"] = redact(record["message"])
+    exc = record["exception"]
+    if exc is not None and exc.value is not None:
+        exc.value.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.value.args)
+
+
+class _Intercept(logging.Handler):
+    """Send the libraries' standard-library logging through loguru (and its redaction)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
+
+
+class _JsonLines:
+    """One compact JSON object per line: time, level, message and the bound context."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+
+    def write(self, message: Any) -> None:
+        record = message.record
+        line: dict[str, Any] = {
+            "ts": record["time"].isoformat(),
+            "level": record["level"].name,
+            "msg": record["message"],
+            "logger": record["name"],
+        }
+        line.update({k: v for k, v in record["extra"].items() if k not in line})
+        if record["exception"] is not None and record["exception"].type is not None:
+            line["error"] = record["exception"].type.__name__
+        self._out.write(orjson.dumps(line, default=str).decode() + "\n")
+        self._out.flush()
+
+
+def configure(level: str = "INFO", fmt: str = "auto", sink: Any = None) -> None:
+    """Replace loguru's default sink. ``fmt`` "auto" is text on a TTY, JSON otherwise."""
+    out = sink if sink is not None else sys.stderr
+    as_json = fmt == "json" or (fmt == "auto" and not (hasattr(out, "isatty") and out.isatty()))
+    logger.remove()
+    logger.configure(patcher=_patch)
+    if as_json:
+        logger.add(_JsonLines(out).write, level=level, backtrace=False, diagnose=False)
+    else:
+        text = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"
+        logger.add(out, level=level, format=text, backtrace=False, diagnose=False)
+    logging.basicConfig(handlers=[_Intercept()], level=logging.WARNING, force=True)

@@ -1,0 +1,199 @@
+"""Publishing to RabbitMQ with publisher confirms, a bounded window, timeouts and re-publish.
+
+Each message is retried until the broker confirms it: a lost connection, a timeout or a nack
+leads to a reconnect with capped, jittered backoff and a re-publish under the same ``message_id``
+(consumers de-duplicate). While the broker is away the window fills up, handlers block on
+``send`` and the dispatcher stops reading: that is the backpressure. Unroutable messages are
+logged at ERROR and counted; they are not retried, since no queue would take them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
+from loguru import logger
+
+from enrichment.backoff import Backoff
+from enrichment.errors import ServiceUnavailable
+from handlers.ports import OutgoingMessage
+
+
+@dataclass(slots=True)
+class PublishStats:
+    sent: int = 0
+    confirmed: int = 0
+    returned: int = 0
+    nacked: int = 0
+    retried: int = 0
+    reconnects: int = 0
+
+
+class RabbitPublisher:
+    """Confirmed publishes to one durable topic exchange."""
+
+    def __init__(
+        self,
+        url: str,
+        exchange: str,
+        window: int,
+        confirm_timeout_seconds: float,
+        reconnect_max_seconds: float,
+    ) -> None:
+        self._url = url
+        self._exchange_name = exchange
+        self._timeout = confirm_timeout_seconds
+        self._slots = asyncio.Semaphore(window)
+        self.window = window
+        self._backoff = Backoff(0.2, reconnect_max_seconds)
+        self._lock = asyncio.Lock()
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._generation = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.stats = PublishStats()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def connect(self) -> None:
+        """Connect and declare the exchange once; raises if the broker cannot be reached now."""
+        await self._exchange_ready(retry=False)
+
+    async def send(self, message: OutgoingMessage) -> asyncio.Future[None]:
+        if self._closed:
+            raise RuntimeError("publisher is closed")
+        await self._slots.acquire()
+        task = asyncio.create_task(self._deliver(message), name=f"publish {message.message_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._release)
+        return task
+
+    def _release(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _deliver(self, message: OutgoingMessage) -> None:
+        body = aio_pika.Message(
+            message.body,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        while True:
+            exchange, generation = await self._exchange_ready(retry=True)
+            self.stats.sent += 1
+            try:
+                await exchange.publish(body, message.routing_key, mandatory=True, timeout=self._timeout)
+            except PublishError:
+                self.stats.returned += 1
+                logger.error(
+                    "unroutable message {} (routing key {}): no queue is bound to exchange {}",
+                    message.message_id,
+                    message.routing_key,
+                    self._exchange_name,
+                )
+                return
+            except DeliveryError:
+                self.stats.nacked += 1
+                logger.warning("broker nacked {}; re-publishing", message.message_id)
+            except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+                logger.warning(
+                    "publish of {} not confirmed ({}); reconnecting and re-publishing",
+                    message.message_id,
+                    type(exc).__name__,
+                )
+                await self._invalidate(generation)
+            else:
+                self.stats.confirmed += 1
+                return
+            self.stats.retried += 1
+            await asyncio.sleep(self._backoff.next_delay())
+
+    async def _exchange_ready(self, retry: bool) -> tuple[AbstractExchange, int]:
+        async with self._lock:
+            while self._exchange is None:
+                try:
+                    await self._open()
+                    self._backoff.reset()
+                except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+                    await self._drop_connection()
+                    if not retry:
+                        raise ServiceUnavailable(f"RabbitMQ is unreachable: {type(exc).__name__}") from None
+                    delay = self._backoff.next_delay()
+                    logger.warning(
+                        "RabbitMQ unreachable ({}); retrying in {:.1f}s", type(exc).__name__, delay
+                    )
+                    await asyncio.sleep(delay)
+            return self._exchange, self._generation
+
+    async def _open(self) -> None:
+        self._connection = await aio_pika.connect(self._url, timeout=self._timeout)
+        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._exchange = await self._channel.declare_exchange(
+            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self._generation += 1
+        if self._generation > 1:
+            self.stats.reconnects += 1
+            logger.info("reconnected to RabbitMQ")
+
+    async def _invalidate(self, generation: int) -> None:
+        """Drop the connection a failed publish used, unless another task already replaced it."""
+        async with self._lock:
+            if generation == self._generation and self._exchange is not None:
+                await self._drop_connection()
+
+    async def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        self._channel = None
+        self._exchange = None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), self._timeout)
+
+    async def close(self, drain_seconds: float = 0.0) -> None:
+        """Wait up to ``drain_seconds`` for confirms in flight, cancel the rest, disconnect."""
+        self._closed = True
+        if self._tasks and drain_seconds > 0:
+            await asyncio.wait(list(self._tasks), timeout=drain_seconds)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        async with self._lock:
+            await self._drop_connection()
+
+
+class MemoryPublisher:
+    """In-memory stand-in for RabbitMQ (demo and unit tests): confirms at once, keeps everything."""
+
+    def __init__(self, window: int = 256) -> None:
+        self._slots = asyncio.Semaphore(window)
+        self.messages: list[OutgoingMessage] = []
+        self.stats = PublishStats()
+        self.window = window
+        self.in_flight = 0
+
+    async def connect(self) -> None:
+        return None
+
+    async def send(self, message: OutgoingMessage) -> asyncio.Future[None]:
+        async with self._slots:
+            self.messages.append(message)
+            self.stats.sent += 1
+            self.stats.confirmed += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def close(self, drain_seconds: float = 0.0) -> None:
+        return None

@@ -1,0 +1,152 @@
+"""One settings model: ``config.toml`` overridden by ``FANOUT_*`` environment variables.
+
+Nested fields use ``__``: ``FANOUT_RABBITMQ__URL`` sets ``rabbitmq.url``. URLs are SecretStr so
+credentials never reach a repr, a log line or ``fanout-worker config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from enrichment.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MongoSettings(_Section):
+    uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017/?replicaSet=rs0")
+    database: str = Field("social", min_length=1)
+    posts: str = Field("posts", min_length=1)
+    profiles: str = Field("profiles", min_length=1)
+    follows: str = Field("follows", min_length=1)
+    checkpoints: str = Field("fanout_checkpoints", min_length=1)
+    dead_letters: str = Field("fanout_dead_letters", min_length=1)
+    server_selection_timeout_ms: int = Field(10_000, gt=0)
+    max_await_time_ms: int = Field(1_000, gt=0, le=60_000)
+    change_batch_size: int = Field(500, gt=0)
+    follower_batch_size: int = Field(1_000, gt=0)
+
+
+class RedisSettings(_Section):
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    key_prefix: str = "fanout:"
+    ttl_seconds: int = Field(3_600, gt=0)
+    ttl_jitter: float = Field(0.1, ge=0, lt=1)
+    negative_ttl_seconds: int = Field(30, gt=0)
+    socket_timeout_seconds: float = Field(0.5, gt=0)
+    breaker_threshold: int = Field(3, gt=0)
+    breaker_cooldown_seconds: float = Field(5.0, gt=0)
+
+
+class RabbitSettings(_Section):
+    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    exchange: str = Field("social.fanout", min_length=1)
+    publish_window: int = Field(256, gt=0, le=65_535)
+    confirm_timeout_seconds: float = Field(10.0, gt=0)
+    reconnect_max_seconds: float = Field(30.0, gt=0)
+
+
+class CacheSettings(_Section):
+    l1_max_entries: int = Field(100_000, gt=0)
+    l1_ttl_seconds: float = Field(60.0, gt=0)
+    l1_negative_ttl_seconds: float = Field(10.0, gt=0)
+
+
+class PipelineSettings(_Section):
+    batch_max_events: int = Field(200, gt=0, le=10_000)
+    batch_max_wait_ms: int = Field(20, ge=0, le=10_000)
+    max_in_flight_events: int = Field(1_000, gt=0)
+    chunk_size: int = Field(1_000, gt=0, le=50_000)
+    max_text_bytes: int = Field(256 * 1024, gt=0)
+    max_attempts: int = Field(5, gt=0)
+    retry_max_seconds: float = Field(30.0, gt=0)
+    checkpoint_interval_seconds: float = Field(1.0, gt=0)
+    shutdown_deadline_seconds: float = Field(30.0, gt=0)
+
+
+class LogSettings(_Section):
+    level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "text", "json"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FANOUT_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    mongo: MongoSettings = MongoSettings()
+    redis: RedisSettings = RedisSettings()
+    rabbitmq: RabbitSettings = RabbitSettings()
+    cache: CacheSettings = CacheSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides the file. No .env or secrets-dir sources.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(path: Path | None, **overrides: Any) -> Settings:
+    """Read ``path`` (TOML) and the environment. Raises ConfigError with one line naming the field."""
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path}: not found or not a file")
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from exc
+    # A subclass per call carries the file path, so nothing global is mutated.
+    config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+    bound: type[Settings] = type("Settings", (Settings,), {"model_config": config})
+    try:
+        return bound(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # a TOML syntax error surfaces as tomllib.TOMLDecodeError
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(root)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    # Never echo the input: it may be a URL with a password in it.
+    return f"invalid setting {field}: {first['msg']}{more}"
+
+
+def redact_url(url: str) -> str:
+    """``scheme://user:***@host/path`` — the password never leaves the process."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
