@@ -70,13 +70,14 @@ with_timeout() {
 now_ms() { date +%s%3N; }
 
 elapsed() { # elapsed <start_ms> -> "1.2s"
-    local ms=$(($(now_ms) - $1))
+    local ms
+    ms=$(($(now_ms) - $1))
     printf '%d.%ds' $((ms / 1000)) $((ms % 1000 / 100))
 }
 
 is_local() {
     case "$1" in
-        127.0.0.1 | localhost | ::1 | '[::1]') return 0 ;;
+        127.0.0.1 | localhost | ::1) return 0 ;;
         *) return 1 ;;
     esac
 }
@@ -103,7 +104,8 @@ as_root() { ${SUDO[@]+"${SUDO[@]}"} "$@"; }
 
 # TCP connect via bash's /dev/tcp, in a child bash so a hang can be timed out.
 tcp_open() {
-    # shellcheck disable=SC2016  # expanded by the child bash, on purpose
+    # $0/$1 are expanded by the child bash, on purpose.
+    # shellcheck disable=SC2016
     with_timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" >/dev/null 2>&1
 }
 
@@ -142,28 +144,44 @@ take_lock() {
 }
 
 APT_UPDATED=0
+apt_update() { # apt_update <logfile>
+    echo "+ apt-get update" >>"$1"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+        >>"$1" 2>&1 </dev/null 9>&- || return 1
+    APT_UPDATED=1
+}
+apt_get_install() { # apt_get_install <package> <logfile>
+    echo "+ apt-get install $1" >>"$2"
+    # 9>&-: a postinst may start a daemon; it must not inherit our lock fd.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        -o DPkg::Lock::Timeout=120 --no-install-recommends "$1" \
+        >>"$2" 2>&1 </dev/null 9>&-
+}
 # apt_install <package> <logfile>: returns 0 on success, 1 on failure,
 # 3 when installing is not possible here (no apt-get or no root).
 apt_install() {
-    local pkg="$1" log="$2"
+    local pkg="$1" log="$2" policy
     have apt-get || return 3
     check_root
     ((ROOT_OK)) || return 3
-    # Refresh package lists only when the package has no install candidate.
-    if ((!APT_UPDATED)) && ! apt-cache policy "$pkg" 2>/dev/null |
-        grep -Eq '^[[:space:]]*Candidate:[[:space:]]*[^([:space:]]'; then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q \
-            >>"$log" 2>&1 </dev/null 9>&- || return 1
-        APT_UPDATED=1
+    # Refresh package lists only when needed: no install candidate yet, or
+    # (below) the install fails with lists that may be stale.
+    policy="$(apt-cache policy "$pkg" 2>/dev/null || true)"
+    if ((!APT_UPDATED)) &&
+        ! grep -Eq '^[[:space:]]*Candidate:[[:space:]]*[^([:space:]]' <<<"$policy"; then
+        apt_update "$log" || return 1
     fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-        --no-install-recommends "$pkg" >>"$log" 2>&1 </dev/null 9>&-
+    apt_get_install "$pkg" "$log" && return 0
+    ((APT_UPDATED)) && return 1
+    apt_update "$log" || return 1
+    apt_get_install "$pkg" "$log"
 }
 
 fail_hint() {
-    if [[ "$CI" == "true" ]]; then
-        echo "    (CI=true: a missing service is a hard failure)" >&2
-    fi
+    case "${CI,,}" in
+        true | 1 | yes) echo "    (CI=${CI}: a missing service is a hard failure)" >&2 ;;
+        *) echo "    (start it by hand, or fix the above and re-run ${PROG})" >&2 ;;
+    esac
 }
 
 # ------------------------------------------------------------------- redis
@@ -171,20 +189,24 @@ fail_hint() {
 REDIS_DIR=/var/lib/redis
 REDIS_LOGDIR=/var/log/redis
 
+# redis_up: 0 when the server answers PING with PONG; REDIS_REPLY keeps
+# whatever it did answer (e.g. "NOAUTH ...", "LOADING ...").
+REDIS_REPLY=""
 redis_up() {
-    local out
+    REDIS_REPLY=""
     if have redis-cli; then
-        out="$(with_timeout 3 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" || return 1
-        [[ "$out" == PONG ]]
+        REDIS_REPLY="$(with_timeout 3 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" || true
     else
         # No redis-cli: speak the inline protocol over /dev/tcp.
         # shellcheck disable=SC2016
-        with_timeout 3 bash -c '
+        REDIS_REPLY="$(with_timeout 3 bash -c '
             exec 3<>"/dev/tcp/$0/$1" || exit 1
             printf "PING\r\n" >&3
             IFS= read -r -t 2 line <&3 || exit 1
-            [[ "$line" == +PONG* ]]' "$REDIS_HOST" "$REDIS_PORT" >/dev/null 2>&1
+            printf "%s\n" "${line#[+-]}"' "$REDIS_HOST" "$REDIS_PORT" 2>/dev/null)" || true
+        REDIS_REPLY="${REDIS_REPLY%$'\r'}"
     fi
+    [[ "$REDIS_REPLY" == PONG ]]
 }
 
 ipv6_loopback_available() {
@@ -204,7 +226,8 @@ redis_launch() {
 }
 
 redis_wait() { # redis_wait <seconds>
-    local deadline=$(($(now_ms) + $1 * 1000))
+    local deadline
+    deadline=$(($(now_ms) + $1 * 1000))
     while (($(now_ms) < deadline)); do
         redis_up && return 0
         sleep 0.2
@@ -235,12 +258,18 @@ ensure_redis() {
         if ((CHECK_ONLY)); then echo "redis: up"; else echo "redis: up (already running)"; fi
         return 0
     fi
+    local why="no PONG from ${where}"
+    if [[ -n "$REDIS_REPLY" ]]; then
+        why="${where} answered PING with '${REDIS_REPLY}'"
+    elif tcp_open "$REDIS_HOST" "$REDIS_PORT"; then
+        why="${where} accepts TCP connections but does not answer PING"
+    fi
     if ((CHECK_ONLY)); then
-        echo "redis: DOWN (no PONG from ${where})" >&2
+        echo "redis: DOWN (${why})" >&2
         return 1
     fi
     if ! is_local "$REDIS_HOST"; then
-        echo "redis: FAILED — no PONG from ${where}; host is not local, so not starting it" >&2
+        echo "redis: FAILED — ${why}; host is not local, so not starting it" >&2
         fail_hint
         return 1
     fi
@@ -249,6 +278,18 @@ ensure_redis() {
     if redis_up; then # someone else started it while we waited for the lock
         echo "redis: up (started concurrently)"
         return 0
+    fi
+    if tcp_open "$REDIS_HOST" "$REDIS_PORT"; then
+        # Something holds the port (a Redis still loading its dataset, one
+        # that wants AUTH, or not Redis at all): don't start another.
+        if redis_wait 10; then
+            echo "redis: up (was starting up)"
+            return 0
+        fi
+        echo "redis: FAILED — ${where} accepts TCP connections but answers PING with" \
+            "'${REDIS_REPLY:-nothing}' (password required? not Redis?); not starting another server" >&2
+        fail_hint
+        return 1
     fi
 
     local log installed=0 rc=0 t0
@@ -359,7 +400,8 @@ rabbit_partial_desc() {
 # very end of boot, so poll the cheap TCP connect and only confirm with the
 # (~0.5 s) `rabbitmq-diagnostics -q ping` once the port accepts connections.
 rabbit_wait() {
-    local deadline=$(($(now_ms) + $1 * 1000))
+    local deadline
+    deadline=$(($(now_ms) + $1 * 1000))
     while (($(now_ms) < deadline)); do
         if tcp_open "$AMQP_HOST" "$AMQP_PORT"; then
             rabbit_state

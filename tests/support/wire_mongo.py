@@ -232,7 +232,7 @@ class WireMongo:
         deadline = time.monotonic() + 5
         while server._listening_sock.getblocking() and time.monotonic() < deadline:
             time.sleep(0.001)
-        import sys; print('DBG', server._listening_sock, server._listening_sock.getblocking(), server._accept_thread, file=sys.stderr)
+        import sys; print('DBG', time.monotonic(), socket.getdefaulttimeout(), server._listening_sock.gettimeout(), server._listening_sock.getblocking(), server._accept_thread, file=sys.stderr)
         self._server, self._stopped = server, False
         return self.uri
 
@@ -245,6 +245,7 @@ class WireMongo:
             self._cursors.clear()
             self._cond.notify_all()
         server, self._server = self._server, None
+        import sys; print('STOP', time.monotonic(), server._accept_thread, server._accept_thread.is_alive(), server._listening_sock, server._listening_sock.gettimeout(), file=sys.stderr)
         # MockupDB's accept loop polls select() with a 1 s timeout; flag it and poke it with a
         # throwaway connection so stop() doesn't wait out that second.
         server._stopped = True
