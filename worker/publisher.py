@@ -174,10 +174,14 @@ class RabbitPublisher:
 
 
 class MemoryPublisher:
-    """In-memory stand-in for RabbitMQ (demo and unit tests): confirms at once, keeps everything."""
+    """In-memory stand-in for RabbitMQ (demo, benchmarks, unit tests): confirms at once.
 
-    def __init__(self, window: int = 256) -> None:
+    With ``keep=False`` it only counts, so a huge fan-out does not grow its memory.
+    """
+
+    def __init__(self, window: int = 256, keep: bool = True) -> None:
         self._slots = asyncio.Semaphore(window)
+        self._keep = keep
         self.messages: list[OutgoingMessage] = []
         self.stats = PublishStats()
         self.window = window
@@ -188,7 +192,8 @@ class MemoryPublisher:
 
     async def send(self, message: OutgoingMessage) -> asyncio.Future[None]:
         async with self._slots:
-            self.messages.append(message)
+            if self._keep:
+                self.messages.append(message)
             self.stats.sent += 1
             self.stats.confirmed += 1
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,8 +74,10 @@ async def test_update_many_with_or_filter_reports_modified(wm: WireMongo) -> Non
     wm.insert(DB, "posts", {"_id": 2, "author_id": "u1", "author_snapshot": {"version": 1, "name": "a"}})
     wm.insert(DB, "posts", {"_id": 3, "author_id": "u1", "author_snapshot": {"version": 5, "name": "b"}})
     wm.insert(DB, "posts", {"_id": 4, "author_id": "u2"})
-    flt = {"author_id": "u1",
-           "$or": [{"author_snapshot": {"$exists": False}}, {"author_snapshot.version": {"$lt": 3}}]}
+    flt = {
+        "author_id": "u1",
+        "$or": [{"author_snapshot": {"$exists": False}}, {"author_snapshot.version": {"$lt": 3}}],
+    }
     async with _client(wm.uri) as client:
         res = await client[DB]["posts"].update_many(flt, {"$set": {"author_snapshot": {"version": 3}}})
         assert (res.matched_count, res.modified_count) == (2, 2)
@@ -86,22 +89,26 @@ async def test_update_many_with_or_filter_reports_modified(wm: WireMongo) -> Non
     assert [e["documentKey"]["_id"] for e in updates] == [1, 2]
     assert updates[0]["updateDescription"]["updatedFields"] == {"author_snapshot": {"version": 3}}
     assert updates[1]["updateDescription"] == {
-        "updatedFields": {"author_snapshot.version": 3}, "removedFields": ["author_snapshot.name"],
-        "truncatedArrays": []}
+        "updatedFields": {"author_snapshot.version": 3},
+        "removedFields": ["author_snapshot.name"],
+        "truncatedArrays": [],
+    }
 
 
 @pytest.mark.asyncio
 async def test_find_one_and_update_upsert(wm: WireMongo) -> None:
     async with _client(wm.uri) as client:
         coll = client[DB]["counters"]
-        doc = await coll.find_one_and_update({"_id": "c"}, {"$inc": {"n": 1}}, upsert=True,
-                                             return_document=ReturnDocument.AFTER)
+        doc = await coll.find_one_and_update(
+            {"_id": "c"}, {"$inc": {"n": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
         assert doc == {"_id": "c", "n": 1}
         before = await coll.find_one_and_update({"_id": "c"}, {"$inc": {"n": 1}}, upsert=True)
         assert before == {"_id": "c", "n": 1}
         assert await coll.find_one_and_update({"_id": "zz"}, {"$set": {"n": 1}}) is None
-        replaced = await coll.find_one_and_replace({"_id": "c"}, {"n": 10}, projection={"_id": 0},
-                                                   return_document=ReturnDocument.AFTER)
+        replaced = await coll.find_one_and_replace(
+            {"_id": "c"}, {"n": 10}, projection={"_id": 0}, return_document=ReturnDocument.AFTER
+        )
         assert replaced == {"n": 10}
         deleted = await coll.find_one_and_delete({"_id": "c"})
         assert deleted == {"_id": "c", "n": 10}
@@ -116,7 +123,8 @@ async def test_change_stream_lookup_pbrt_and_resume_after(wm: WireMongo) -> None
         coll = client[DB]["profiles"]
         async with await coll.watch(full_document="updateLookup", max_await_time_ms=200) as s:
             wm.insert(DB, "profiles", {"_id": "u2", "name": "Bob", "version": 1})
-            wm.db(DB).update_one("profiles", {"_id": "u1"}, {"$set": {"name": "Anna"}, "$inc": {"version": 1}})
+            profiles = wm.db(DB)
+            profiles.update_one("profiles", {"_id": "u1"}, {"$set": {"name": "Anna"}, "$inc": {"version": 1}})
             wm.insert(DB, "other", {"_id": "ignored"})
             ins = await s.try_next()
             assert ins is not None
@@ -168,13 +176,10 @@ async def test_getmore_waits_and_wakes_on_write(wm: WireMongo) -> None:
     async with _client(wm.uri) as client:
         coll = client[DB]["posts"]
         async with await coll.watch(max_await_time_ms=5000) as s:
-            inserter = client[DB]["posts"]
-            # write through the wire from a second connection while the getMore is parked
-            import asyncio
-
+            # write through the wire (second pooled connection) while the getMore is parked
             task = asyncio.create_task(s.try_next())
             await asyncio.sleep(0.1)
-            await inserter.insert_one({"_id": "w"})
+            await coll.insert_one({"_id": "w"})
             change = await asyncio.wait_for(task, 2)
         assert change is not None
         assert change["documentKey"] == {"_id": "w"}
@@ -196,26 +201,25 @@ async def test_match_operation_type_stage(wm: WireMongo) -> None:
 
 @pytest.mark.asyncio
 async def test_resumable_getmore_error_is_transparent(wm: WireMongo) -> None:
-    async with _client(wm.uri) as client:
-        async with await client[DB]["posts"].watch(max_await_time_ms=100) as s:
-            wm.insert(DB, "posts", {"_id": "a"})
-            first = await s.try_next()
-            assert first is not None
-            assert first["documentKey"] == {"_id": "a"}
-            wm.fail_next("getMore", 6, labels=["ResumableChangeStreamError"])
-            wm.insert(DB, "posts", {"_id": "b"})
-            wm.insert(DB, "posts", {"_id": "c"})
-            aggregates = wm.command_count("aggregate")
-            got = [await s.try_next(), await s.try_next()]
-            assert [g and g["documentKey"]["_id"] for g in got] == ["b", "c"]
-            assert wm.command_count("aggregate") == aggregates + 1  # the driver resumed
-            # a dropped connection is resumable too
-            wm.hangup_next("getMore")
-            wm.insert(DB, "posts", {"_id": "d"})
-            d = await s.try_next()
-            assert d is not None
-            assert d["documentKey"] == {"_id": "d"}
-            assert await s.try_next() is None
+    async with _client(wm.uri) as client, await client[DB]["posts"].watch(max_await_time_ms=100) as s:
+        wm.insert(DB, "posts", {"_id": "a"})
+        first = await s.try_next()
+        assert first is not None
+        assert first["documentKey"] == {"_id": "a"}
+        wm.fail_next("getMore", 6, labels=["ResumableChangeStreamError"])
+        wm.insert(DB, "posts", {"_id": "b"})
+        wm.insert(DB, "posts", {"_id": "c"})
+        aggregates = wm.command_count("aggregate")
+        got = [await s.try_next(), await s.try_next()]
+        assert [g and g["documentKey"]["_id"] for g in got] == ["b", "c"]
+        assert wm.command_count("aggregate") == aggregates + 1  # the driver resumed
+        # a dropped connection is resumable too
+        wm.hangup_next("getMore")
+        wm.insert(DB, "posts", {"_id": "d"})
+        d = await s.try_next()
+        assert d is not None
+        assert d["documentKey"] == {"_id": "d"}
+        assert await s.try_next() is None
 
 
 @pytest.mark.asyncio

@@ -84,11 +84,22 @@ Doc = dict[str, Any]
 
 MAX_WIRE_VERSION = 21
 _CODE_NAMES = {
-    2: "BadValue", 6: "HostUnreachable", 8: "UnknownError", 26: "NamespaceNotFound",
-    43: "CursorNotFound", 48: "NamespaceExists", 59: "CommandNotFound", 91: "ShutdownInProgress",
-    115: "CommandNotSupported", 189: "PrimarySteppedDown", 260: "InvalidResumeToken",
-    280: "ChangeStreamFatalError", 286: "ChangeStreamHistoryLost", 10107: "NotWritablePrimary",
-    11000: "DuplicateKey", 11600: "InterruptedAtShutdown",
+    2: "BadValue",
+    6: "HostUnreachable",
+    8: "UnknownError",
+    26: "NamespaceNotFound",
+    43: "CursorNotFound",
+    48: "NamespaceExists",
+    59: "CommandNotFound",
+    91: "ShutdownInProgress",
+    115: "CommandNotSupported",
+    189: "PrimarySteppedDown",
+    260: "InvalidResumeToken",
+    280: "ChangeStreamFatalError",
+    286: "ChangeStreamHistoryLost",
+    10107: "NotWritablePrimary",
+    11000: "DuplicateKey",
+    11600: "InterruptedAtShutdown",
 }
 _TOKEN_RE = re.compile(r"82([0-9A-F]{8})([0-9A-F]{16})")
 
@@ -101,8 +112,12 @@ class CommandError(Exception):
         self.code, self.errmsg, self.labels = code, errmsg, list(labels or [])
 
     def reply(self) -> Doc:
-        doc: Doc = {"ok": 0, "errmsg": self.errmsg, "code": self.code,
-                    "codeName": _CODE_NAMES.get(self.code, f"Location{self.code}")}
+        doc: Doc = {
+            "ok": 0,
+            "errmsg": self.errmsg,
+            "code": self.code,
+            "codeName": _CODE_NAMES.get(self.code, f"Location{self.code}"),
+        }
         if self.labels:
             doc["errorLabels"] = self.labels
         return doc
@@ -178,8 +193,9 @@ class WireDb:
     def update_one(self, coll: str, filter: Mapping[str, Any], update: Any, upsert: bool = False) -> int:
         return self._wm.update_one(self.name, coll, filter, update, upsert)
 
-    def replace_one(self, coll: str, filter: Mapping[str, Any], doc: Mapping[str, Any],
-                    upsert: bool = False) -> int:
+    def replace_one(
+        self, coll: str, filter: Mapping[str, Any], doc: Mapping[str, Any], upsert: bool = False
+    ) -> int:
         return self._wm.replace_one(self.name, coll, filter, doc, upsert)
 
     def delete_one(self, coll: str, filter: Mapping[str, Any]) -> int:
@@ -210,13 +226,26 @@ class WireMongo:
         self._server: MockupDB | None = None
         self._stopped = True
         self._handlers: dict[str, Callable[[str, Doc], Doc]] = {
-            "hello": self._hello, "ismaster": self._hello, "ping": self._ok, "endsessions": self._ok,
-            "buildinfo": self._build_info, "killcursors": self._kill_cursors, "find": self._find,
-            "getmore": self._get_more, "insert": self._insert_cmd, "update": self._update_cmd,
-            "delete": self._delete_cmd, "findandmodify": self._find_and_modify,
-            "aggregate": self._aggregate, "count": self._count, "distinct": self._distinct,
-            "listindexes": self._list_indexes, "createindexes": self._create_indexes,
-            "listcollections": self._list_collections, "create": self._create, "drop": self._drop,
+            "hello": self._hello,
+            "ismaster": self._hello,
+            "ping": self._ok,
+            "endsessions": self._ok,
+            "buildinfo": self._build_info,
+            "killcursors": self._kill_cursors,
+            "find": self._find,
+            "getmore": self._get_more,
+            "insert": self._insert_cmd,
+            "update": self._update_cmd,
+            "delete": self._delete_cmd,
+            "findandmodify": self._find_and_modify,
+            "aggregate": self._aggregate,
+            "count": self._count,
+            "distinct": self._distinct,
+            "listindexes": self._list_indexes,
+            "createindexes": self._create_indexes,
+            "listcollections": self._list_collections,
+            "create": self._create,
+            "drop": self._drop,
             "dropdatabase": self._drop_database,
         }
 
@@ -227,12 +256,12 @@ class WireMongo:
         server._address = ("127.0.0.1", self.port or None)  # MockupDB hard-codes "localhost"
         server.autoresponds(self._handle)
         self.port = server.run()
-        # MockupDB's accept thread crashes (EBADF) if stop() closes the socket before the thread
-        # got going; wait until it has switched the listening socket to non-blocking.
-        deadline = time.monotonic() + 5
-        while server._listening_sock.getblocking() and time.monotonic() < deadline:
-            time.sleep(0.001)
-        import sys; print('DBG', time.monotonic(), socket.getdefaulttimeout(), server._listening_sock.gettimeout(), server._listening_sock.getblocking(), server._accept_thread, file=sys.stderr)
+        # MockupDB's accept thread dies with EBADF if stop() closes the listening socket before the
+        # thread's setblocking() has finished; only return once it has accepted a probe connection.
+        with socket.create_connection(("127.0.0.1", self.port), 5):
+            deadline = time.monotonic() + 5
+            while not server._server_socks and time.monotonic() < deadline:
+                time.sleep(0.001)
         self._server, self._stopped = server, False
         return self.uri
 
@@ -245,7 +274,6 @@ class WireMongo:
             self._cursors.clear()
             self._cond.notify_all()
         server, self._server = self._server, None
-        import sys; print('STOP', time.monotonic(), server._accept_thread, server._accept_thread.is_alive(), server._listening_sock, server._listening_sock.gettimeout(), file=sys.stderr)
         # MockupDB's accept loop polls select() with a 1 s timeout; flag it and poke it with a
         # throwaway connection so stop() doesn't wait out that second.
         server._stopped = True
@@ -257,8 +285,9 @@ class WireMongo:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @property
@@ -287,8 +316,9 @@ class WireMongo:
             raise CommandError(11000, reply["writeErrors"][0]["errmsg"])
         return doc["_id"]
 
-    def update_one(self, db: str, coll: str, filter: Mapping[str, Any], update: Any,
-                   upsert: bool = False) -> int:
+    def update_one(
+        self, db: str, coll: str, filter: Mapping[str, Any], update: Any, upsert: bool = False
+    ) -> int:
         """Apply an operator update (or pipeline) to one document; returns nModified (+1 if upserted)."""
         with self._cond:
             _, modified, upserted = self._update_docs(db, coll, dict(filter), update, False, upsert)
@@ -298,8 +328,9 @@ class WireMongo:
         with self._cond:
             return self._update_docs(db, coll, dict(filter), update, True, False)[1]
 
-    def replace_one(self, db: str, coll: str, filter: Mapping[str, Any], doc: Mapping[str, Any],
-                    upsert: bool = False) -> int:
+    def replace_one(
+        self, db: str, coll: str, filter: Mapping[str, Any], doc: Mapping[str, Any], upsert: bool = False
+    ) -> int:
         if any(k.startswith("$") for k in doc):
             raise ValueError("replacement document must not contain update operators")
         return self.update_one(db, coll, filter, dict(doc), upsert)
@@ -321,8 +352,9 @@ class WireMongo:
         with self._cond:
             self._emit("invalidate", db, coll, None)
 
-    def fail_next(self, command_name: str, code: int, labels: list[str] | None = None,
-                  errmsg: str = "") -> None:
+    def fail_next(
+        self, command_name: str, code: int, labels: list[str] | None = None, errmsg: str = ""
+    ) -> None:
         """Make the next ``command_name`` request (case-insensitive) fail with ``code``."""
         err = CommandError(code, errmsg or f"WireMongo injected failure for {command_name}", labels)
         with self._cond:
@@ -362,7 +394,8 @@ class WireMongo:
             if fault is not None:
                 self._faults.remove(fault)
         if fault is not None and fault.error is None:
-            request.hangup()
+            with contextlib.suppress(OSError):  # MockupDB's hangup() calls getpeername()
+                request.hangup()
             return
         try:
             if fault is not None and fault.error is not None:
@@ -382,10 +415,8 @@ class WireMongo:
             reply = CommandError(8, f"WireMongo internal error: {exc!r}").reply()
         if isinstance(request, OpMsg) and request.flags & 2:  # moreToCome: unacknowledged write
             return
-        try:
+        with contextlib.suppress(OSError):  # client gone (e.g. SIGKILLed worker); MockupDB's loop ends
             request.reply(reply)
-        except OSError:
-            pass  # client went away (e.g. SIGKILLed worker); MockupDB's loop ends on next read
 
     # ---------------------------------------------------------------- helpers
     def _coll(self, db: str, name: str) -> Any:
@@ -403,14 +434,19 @@ class WireMongo:
         data = token.get("_data") if isinstance(token, Mapping) else None
         m = _TOKEN_RE.fullmatch(data) if isinstance(data, str) else None
         if not m or int(m[1], 16) != self._epoch or int(m[2], 16) > len(self._log):
-            raise CommandError(286, "Resume of change stream was not possible, as the resume point may "
-                                    f"no longer be in the oplog (WireMongo: unknown token {token!r})")
+            raise CommandError(
+                286,
+                "Resume of change stream was not possible, as the resume point may "
+                f"no longer be in the oplog (WireMongo: unknown token {token!r})",
+            )
         return int(m[2], 16)
 
-    def _emit(self, op: str, db: str, coll: str, key: Any, full: Doc | None = None,
-              desc: Doc | None = None) -> None:
-        self._log.append(_Event(len(self._log) + 1, op, db, coll, key, self._next_ts(), _now(),
-                                copy.deepcopy(full), desc))
+    def _emit(
+        self, op: str, db: str, coll: str, key: Any, full: Doc | None = None, desc: Doc | None = None
+    ) -> None:
+        self._log.append(
+            _Event(len(self._log) + 1, op, db, coll, key, self._next_ts(), _now(), copy.deepcopy(full), desc)
+        )
         self._cond.notify_all()
 
     def _new_cursor(self, cursor: _FindCursor | _StreamCursor) -> int:
@@ -438,8 +474,14 @@ class WireMongo:
             try:
                 coll.insert_one(doc)
             except DuplicateKeyError as exc:
-                errors.append({"index": i, "code": 11000, "keyValue": {"_id": doc["_id"]},
-                               "errmsg": f"E11000 duplicate key error collection: {db}.{cname} ({exc})"})
+                errors.append(
+                    {
+                        "index": i,
+                        "code": 11000,
+                        "keyValue": {"_id": doc["_id"]},
+                        "errmsg": f"E11000 duplicate key error collection: {db}.{cname} ({exc})",
+                    }
+                )
                 if ordered:
                     break
                 continue
@@ -450,8 +492,9 @@ class WireMongo:
             reply["writeErrors"] = errors
         return reply
 
-    def _update_docs(self, db: str, cname: str, q: Doc, u: Any, multi: bool, upsert: bool,
-                     sort: Any = None) -> tuple[int, int, list[Any]]:
+    def _update_docs(
+        self, db: str, cname: str, q: Doc, u: Any, multi: bool, upsert: bool, sort: Any = None
+    ) -> tuple[int, int, list[Any]]:
         """Returns (matched, modified, [upserted _id]) and logs one event per changed document."""
         coll = self._coll(db, cname)
         replace = isinstance(u, Mapping) and not any(k.startswith("$") for k in u)
@@ -476,8 +519,13 @@ class WireMongo:
                 self._emit("replace", db, cname, _id, full=after)
             else:
                 upd, rem = _diff(before or {}, after)
-                self._emit("update", db, cname, _id, desc={
-                    "updatedFields": upd, "removedFields": rem, "truncatedArrays": []})
+                self._emit(
+                    "update",
+                    db,
+                    cname,
+                    _id,
+                    desc={"updatedFields": upd, "removedFields": rem, "truncatedArrays": []},
+                )
         return len(ids), modified, []
 
     def _delete_docs(self, db: str, cname: str, q: Doc, limit: int) -> int:
@@ -494,18 +542,37 @@ class WireMongo:
 
     def _hello(self, db: str, cmd: Doc) -> Doc:
         return {
-            "ismaster": True, "isWritablePrimary": True, "helloOk": True, "secondary": False,
-            "setName": self.set_name, "setVersion": 1, "electionId": ObjectId("7fffffff0000000000000001"),
-            "hosts": [self.address], "primary": self.address, "me": self.address,
-            "minWireVersion": 0, "maxWireVersion": MAX_WIRE_VERSION, "logicalSessionTimeoutMinutes": 30,
-            "maxBsonObjectSize": 16 * 1024 * 1024, "maxMessageSizeBytes": 48_000_000,
-            "maxWriteBatchSize": 100_000, "localTime": _now(), "connectionId": next(self._conn_ids),
-            "readOnly": False, "ok": 1,
+            "ismaster": True,
+            "isWritablePrimary": True,
+            "helloOk": True,
+            "secondary": False,
+            "setName": self.set_name,
+            "setVersion": 1,
+            "electionId": ObjectId("7fffffff0000000000000001"),
+            "hosts": [self.address],
+            "primary": self.address,
+            "me": self.address,
+            "minWireVersion": 0,
+            "maxWireVersion": MAX_WIRE_VERSION,
+            "logicalSessionTimeoutMinutes": 30,
+            "maxBsonObjectSize": 16 * 1024 * 1024,
+            "maxMessageSizeBytes": 48_000_000,
+            "maxWriteBatchSize": 100_000,
+            "localTime": _now(),
+            "connectionId": next(self._conn_ids),
+            "readOnly": False,
+            "ok": 1,
         }
 
     def _build_info(self, db: str, cmd: Doc) -> Doc:
-        return {"version": "7.0.0", "versionArray": [7, 0, 0, 0], "gitVersion": "wiremongo-test-stand-in",
-                "bits": 64, "maxBsonObjectSize": 16 * 1024 * 1024, "ok": 1}
+        return {
+            "version": "7.0.0",
+            "versionArray": [7, 0, 0, 0],
+            "gitVersion": "wiremongo-test-stand-in",
+            "bits": 64,
+            "maxBsonObjectSize": 16 * 1024 * 1024,
+            "ok": 1,
+        }
 
     def _kill_cursors(self, db: str, cmd: Doc) -> Doc:
         killed, missing = [], []
@@ -515,8 +582,13 @@ class WireMongo:
             if isinstance(cur, _StreamCursor):
                 cur.killed = True
         self._cond.notify_all()
-        return {"cursorsKilled": killed, "cursorsNotFound": missing, "cursorsAlive": [],
-                "cursorsUnknown": [], "ok": 1}
+        return {
+            "cursorsKilled": killed,
+            "cursorsNotFound": missing,
+            "cursorsAlive": [],
+            "cursorsUnknown": [],
+            "ok": 1,
+        }
 
     def _find(self, db: str, cmd: Doc) -> Doc:
         cur = self._coll(db, cmd["find"]).find(cmd.get("filter") or {}, cmd.get("projection") or None)
@@ -551,8 +623,9 @@ class WireMongo:
             self._cond.wait(remaining)  # releases the lock while waiting
 
     def _insert_cmd(self, db: str, cmd: Doc) -> Doc:
-        return self._insert_docs(db, cmd["insert"], list(cmd.get("documents", [])),
-                                 bool(cmd.get("ordered", True)))
+        return self._insert_docs(
+            db, cmd["insert"], list(cmd.get("documents", [])), bool(cmd.get("ordered", True))
+        )
 
     def _update_cmd(self, db: str, cmd: Doc) -> Doc:
         n = modified = 0
@@ -560,8 +633,14 @@ class WireMongo:
         errors: list[Doc] = []
         for i, st in enumerate(cmd.get("updates", [])):
             try:
-                matched, mod, ups = self._update_docs(db, cmd["update"], dict(st.get("q") or {}), st["u"],
-                                                      bool(st.get("multi")), bool(st.get("upsert")))
+                matched, mod, ups = self._update_docs(
+                    db,
+                    cmd["update"],
+                    dict(st.get("q") or {}),
+                    st["u"],
+                    bool(st.get("multi")),
+                    bool(st.get("upsert")),
+                )
             except (OperationFailure, ValueError, TypeError, KeyError) as exc:
                 errors.append({"index": i, "code": getattr(exc, "code", None) or 2, "errmsg": str(exc)})
                 if cmd.get("ordered", True):
@@ -577,14 +656,20 @@ class WireMongo:
         return reply
 
     def _delete_cmd(self, db: str, cmd: Doc) -> Doc:
-        n = sum(self._delete_docs(db, cmd["delete"], dict(st.get("q") or {}), int(st.get("limit", 0)))
-                for st in cmd.get("deletes", []))
+        n = sum(
+            self._delete_docs(db, cmd["delete"], dict(st.get("q") or {}), int(st.get("limit", 0)))
+            for st in cmd.get("deletes", [])
+        )
         return {"n": n, "ok": 1}
 
     def _find_and_modify(self, db: str, cmd: Doc) -> Doc:
         cname = next(iter(cmd.values()))
-        coll, q, fields, sort = self._coll(db, cname), dict(cmd.get("query") or {}), cmd.get("fields"), \
-            cmd.get("sort")
+        coll, q, fields, sort = (
+            self._coll(db, cname),
+            dict(cmd.get("query") or {}),
+            cmd.get("fields"),
+            cmd.get("sort"),
+        )
         hit = self._target_ids(coll, q, multi=False, sort=sort)
         before = coll.find_one({"_id": hit[0]}, fields or None) if hit else None
         if cmd.get("remove"):
@@ -605,15 +690,19 @@ class WireMongo:
         return {"n": self._coll(db, cmd["count"]).count_documents(cmd.get("query") or {}, **kw), "ok": 1}
 
     def _distinct(self, db: str, cmd: Doc) -> Doc:
-        return {"values": self._coll(db, cmd["distinct"]).distinct(cmd["key"], cmd.get("query") or {}),
-                "ok": 1}
+        return {
+            "values": self._coll(db, cmd["distinct"]).distinct(cmd["key"], cmd.get("query") or {}),
+            "ok": 1,
+        }
 
     def _list_indexes(self, db: str, cmd: Doc) -> Doc:
         cname = cmd["listIndexes"]
         if cname not in self.backend[db].list_collection_names():
             raise CommandError(26, f"ns does not exist: {db}.{cname}")
-        docs = [{**{k: v for k, v in spec.items() if k != "key"}, "key": dict(spec["key"]), "name": name}
-                for name, spec in self._coll(db, cname).index_information().items()]
+        docs = [
+            {**{k: v for k, v in spec.items() if k != "key"}, "key": dict(spec["key"]), "name": name}
+            for name, spec in self._coll(db, cname).index_information().items()
+        ]
         return self._cursor_reply(f"{db}.{cname}", docs, (cmd.get("cursor") or {}).get("batchSize"))
 
     def _create_indexes(self, db: str, cmd: Doc) -> Doc:
@@ -624,17 +713,24 @@ class WireMongo:
         for spec in cmd.get("indexes", []):
             opts = {k: v for k, v in spec.items() if k not in ("key", "v", "ns", "background")}
             coll.create_index(list(spec["key"].items()), **opts)
-        return {"numIndexesBefore": before, "numIndexesAfter": len(coll.index_information()),
-                "createdCollectionAutomatically": not existed, "ok": 1}
+        return {
+            "numIndexesBefore": before,
+            "numIndexesAfter": len(coll.index_information()),
+            "createdCollectionAutomatically": not existed,
+            "ok": 1,
+        }
 
     def _list_collections(self, db: str, cmd: Doc) -> Doc:
-        docs = [{"name": n, "type": "collection", "options": {}, "info": {"readOnly": False}}
-                for n in sorted(self.backend[db].list_collection_names())]
+        docs = [
+            {"name": n, "type": "collection", "options": {}, "info": {"readOnly": False}}
+            for n in sorted(self.backend[db].list_collection_names())
+        ]
         docs = [d for d in docs if filter_applies(cmd.get("filter") or {}, d)]
         if cmd.get("nameOnly"):
             docs = [{"name": d["name"], "type": d["type"]} for d in docs]
-        return self._cursor_reply(f"{db}.$cmd.listCollections", docs,
-                                  (cmd.get("cursor") or {}).get("batchSize"))
+        return self._cursor_reply(
+            f"{db}.$cmd.listCollections", docs, (cmd.get("cursor") or {}).get("batchSize")
+        )
 
     def _create(self, db: str, cmd: Doc) -> Doc:
         try:
@@ -667,8 +763,9 @@ class WireMongo:
         match: list[Doc] = []
         for stage in pipeline[1:]:
             if list(stage) != ["$match"]:
-                raise CommandError(40324, f"WireMongo: change stream stage {next(iter(stage))} is not "
-                                          "emulated (only $match)")
+                raise CommandError(
+                    40324, f"WireMongo: change stream stage {next(iter(stage))} is not emulated (only $match)"
+                )
             match.append(stage["$match"])
         full = spec.get("fullDocument", "default")
         if full not in ("default", "updateLookup") or spec.get("fullDocumentBeforeChange", "off") != "off":
@@ -683,8 +780,11 @@ class WireMongo:
         elif "resumeAfter" in spec:
             pos = self._parse_token(spec["resumeAfter"])
             if pos and self._log[pos - 1].op == "invalidate":
-                raise CommandError(260, "Attempting to resume a change stream using 'resumeAfter' is not "
-                                        "allowed from an invalidate notification.")
+                raise CommandError(
+                    260,
+                    "Attempting to resume a change stream using 'resumeAfter' is not "
+                    "allowed from an invalidate notification.",
+                )
         elif "startAtOperationTime" in spec:
             ts = spec["startAtOperationTime"]
             pos = next((e.seq - 1 for e in self._log if e.cluster_time >= ts), len(self._log))
@@ -701,7 +801,7 @@ class WireMongo:
         while cur.pos < len(self._log) and len(out) < limit:
             ev = self._log[cur.pos]
             cur.pos += 1
-            if cur.db is not None and ev.db != cur.db or cur.coll is not None and ev.coll != cur.coll:
+            if (cur.db is not None and ev.db != cur.db) or (cur.coll is not None and ev.coll != cur.coll):
                 continue
             if ev.op == "invalidate":
                 if cur.coll is None:
@@ -713,18 +813,26 @@ class WireMongo:
                 out.append(doc)
         return out, False
 
-    def _stream_reply(self, cid: int, cur: _StreamCursor, events: list[Doc], invalidated: bool,
-                      batch_key: str) -> Doc:
+    def _stream_reply(
+        self, cid: int, cur: _StreamCursor, events: list[Doc], invalidated: bool, batch_key: str
+    ) -> Doc:
         pbrt = events[-1]["_id"] if events else self._token(cur.pos)
         if (invalidated or cur.killed or self._stopped) and cid:
             self._cursors.pop(cid, None)
             cid = 0
-        return {"cursor": {"id": Int64(cid), "ns": cur.ns, batch_key: events, "postBatchResumeToken": pbrt},
-                "operationTime": self._last_ts, "ok": 1}
+        return {
+            "cursor": {"id": Int64(cid), "ns": cur.ns, batch_key: events, "postBatchResumeToken": pbrt},
+            "operationTime": self._last_ts,
+            "ok": 1,
+        }
 
     def _event_doc(self, ev: _Event, full_document: str) -> Doc:
-        doc: Doc = {"_id": self._token(ev.seq), "operationType": ev.op, "clusterTime": ev.cluster_time,
-                    "wallTime": ev.wall_time}
+        doc: Doc = {
+            "_id": self._token(ev.seq),
+            "operationType": ev.op,
+            "clusterTime": ev.cluster_time,
+            "wallTime": ev.wall_time,
+        }
         if ev.op == "invalidate":
             return doc
         doc["ns"] = {"db": ev.db, "coll": ev.coll}
