@@ -56,7 +56,8 @@ async def bench_celebrity(followers: int) -> dict[str, float]:
     tracemalloc.start()
     base, _ = tracemalloc.get_traced_memory()
     started = time.perf_counter()
-    results = await handler.handle_batch([NewPost("p1", "star", "hi", None)])
+    results: list[BaseException | None] = [None]
+    await handler.handle_batch([NewPost("p1", "star", "hi", None)], results.__setitem__)
     elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -75,11 +76,15 @@ async def main(smoke: bool) -> int:
     small = await bench_celebrity(10_000 if smoke else 100_000)
     large = await bench_celebrity(50_000 if smoke else 1_000_000)
     print("benchmark (in-memory MongoDB and RabbitMQ stand-ins, no Redis)")
-    print(f"  pipeline: {pipeline['posts']:.0f} posts at {pipeline['posts_per_s']:,.0f} posts/s, "
-          f"{pipeline['source_queries']} source queries, {pipeline['recipients']:,} recipients")
+    print(
+        f"  pipeline: {pipeline['posts']:.0f} posts at {pipeline['posts_per_s']:,.0f} posts/s, "
+        f"{pipeline['source_queries']} source queries, {pipeline['recipients']:,} recipients"
+    )
     for r in (small, large):
-        print(f"  celebrity: {r['followers']:>9,.0f} followers → {r['messages']:,.0f} messages, "
-              f"peak growth {r['peak_growth_mb']:.2f} MB, {r['recipients_per_s']:,.0f} recipients/s")
+        print(
+            f"  celebrity: {r['followers']:>9,.0f} followers → {r['messages']:,.0f} messages, "
+            f"peak growth {r['peak_growth_mb']:.2f} MB, {r['recipients_per_s']:,.0f} recipients/s"
+        )
     if smoke:
         return 0
     failures = []
@@ -93,6 +98,8 @@ async def main(smoke: bool) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no targets (CI)")
     sys.exit(asyncio.run(main(parser.parse_args().smoke)))

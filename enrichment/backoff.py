@@ -13,7 +13,9 @@ from tenacity import wait_exponential_jitter
 
 class Backoff:
     def __init__(self, initial_seconds: float = 0.1, max_seconds: float = 10.0) -> None:
-        self._wait = wait_exponential_jitter(multiplier=initial_seconds, max=max_seconds, jitter=initial_seconds)
+        self._wait = wait_exponential_jitter(
+            multiplier=initial_seconds, max=max_seconds, jitter=initial_seconds
+        )
         self.attempt = 0
 
     def next_delay(self) -> float:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from enrichment.snapshot import AuthorSnapshot
+
+# Called exactly once per event of a batch, as soon as that event is done: (index, None or error).
+Report = Callable[[int, BaseException | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +50,12 @@ class DeadLetters(Protocol):
     async def put(self, stream: str, token: Any, raw: Any, error: str) -> None:
         """Durably keep an event that cannot be handled, with the reason."""
         ...
+
+
+async def collect(
+    process: Callable[[Sequence[Any], Report], Awaitable[None]], items: Sequence[Any]
+) -> list[BaseException | None]:
+    """Run a reporting ``process`` and return its results in input order."""
+    results: list[BaseException | None] = [None] * len(items)
+    await process(items, results.__setitem__)
+    return results

@@ -15,7 +15,7 @@ from enrichment.errors import InvalidEvent
 from enrichment.snapshot import AuthorSnapshot
 from handlers.confirms import ConfirmSet
 from handlers.events import ChangeEvent, NewPost, parse_new_post
-from handlers.ports import FollowerGraph, OutgoingMessage, PostStore, Publisher
+from handlers.ports import FollowerGraph, OutgoingMessage, PostStore, Publisher, Report, collect
 
 ROUTING_KEY = "post.created"
 
@@ -73,9 +73,11 @@ class PostCreatedHandler:
         self._max_text = max_text_bytes
         self.stats = PostStats()
 
-    async def handle_events(self, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
-        """Validate, then handle the valid posts as one batch. Invalid ones fail with InvalidEvent."""
-        results: list[BaseException | None] = [None] * len(events)
+    async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
+        """Validate, then handle the valid posts as one batch, reporting each post as it finishes.
+
+        Invalid events are reported at once with InvalidEvent.
+        """
         valid: list[NewPost] = []
         positions: list[int] = []
         for i, event in enumerate(events):
@@ -83,35 +85,40 @@ class PostCreatedHandler:
                 valid.append(parse_new_post(event, self._max_text))
                 positions.append(i)
             except InvalidEvent as exc:
-                results[i] = exc
+                report(i, exc)
         if valid:
-            for i, result in zip(positions, await self.handle_batch(valid), strict=True):
-                results[i] = result
-        return results
+            await self.handle_batch(valid, lambda j, error: report(positions[j], error))
 
-    async def handle_batch(self, batch: Sequence[NewPost]) -> list[BaseException | None]:
-        """Handle posts that arrived together. One result per post: None when done, else its error.
+    async def handle_events(self, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
+        """``process`` with the results collected in order."""
+        return await collect(self.process, events)
 
-        A post is done only when every chunk is confirmed and its snapshot is written.
-        """
+    async def handle_batch(self, batch: Sequence[NewPost], report: Report) -> None:
+        """Handle posts that arrived together. A post is done only when every chunk is confirmed
+        and its snapshot is written; each is reported as soon as it is done."""
         if not batch:
-            return []
-        # One layered lookup for the whole batch; a failure here fails every post in it.
-        authors = await self._cache.get_many(p.author_id for p in batch)
-        to_write = [(p.post_id, snap) for p in batch if (snap := authors.get(p.author_id)) is not None]
-        if to_write:
-            self.stats.snapshots_written += await self._posts.set_snapshots(to_write)
-        results = await asyncio.gather(
-            *(self._fan_out(p, authors.get(p.author_id)) for p in batch), return_exceptions=True
-        )
-        out: list[BaseException | None] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                out.append(result)
-            else:
-                self.stats.posts += 1
-                out.append(None)
-        return out
+            return
+        try:
+            # One layered lookup for the whole batch; a failure here fails every post in it.
+            authors = await self._cache.get_many(p.author_id for p in batch)
+            to_write = [(p.post_id, s) for p in batch if (s := authors.get(p.author_id)) is not None]
+            if to_write:
+                self.stats.snapshots_written += await self._posts.set_snapshots(to_write)
+        except Exception as exc:
+            for i in range(len(batch)):
+                report(i, exc)
+            return
+
+        async def one(i: int, post: NewPost) -> None:
+            try:
+                await self._fan_out(post, authors.get(post.author_id))
+            except Exception as exc:
+                report(i, exc)
+                return
+            self.stats.posts += 1
+            report(i, None)
+
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(batch)))
 
     async def _fan_out(self, post: NewPost, author: AuthorSnapshot | None) -> None:
         if author is None:

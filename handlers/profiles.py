@@ -12,7 +12,7 @@ from enrichment.cache import LayeredCache
 from enrichment.invalidation import InvalidationBus
 from enrichment.snapshot import AuthorSnapshot
 from handlers.events import ChangeEvent, parse_profile_change
-from handlers.ports import OutgoingMessage, PostStore, Publisher
+from handlers.ports import OutgoingMessage, PostStore, Publisher, Report, collect
 
 ROUTING_KEY = "profile.updated"
 
@@ -45,17 +45,29 @@ class ProfileChangedHandler:
         self._publisher = publisher
         self.stats = ProfileStats()
 
-    async def handle_events(self, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
-        """Cascade each display change; other edits are counted as ignored."""
-        results = await asyncio.gather(*(self._one(e) for e in events), return_exceptions=True)
-        return [r if isinstance(r, BaseException) else None for r in results]
+    async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
+        """Cascade each display change concurrently, reporting each as it finishes.
 
-    async def _one(self, event: ChangeEvent) -> None:
-        change = parse_profile_change(event)
-        if change is None:
-            self.stats.ignored += 1
-            return
-        await self.handle(change.snapshot)
+        Other edits are counted as ignored. Order does not matter: every write is version-guarded.
+        """
+
+        async def one(i: int, event: ChangeEvent) -> None:
+            try:
+                change = parse_profile_change(event)
+                if change is None:
+                    self.stats.ignored += 1
+                else:
+                    await self.handle(change.snapshot)
+            except Exception as exc:
+                report(i, exc)
+                return
+            report(i, None)
+
+        await asyncio.gather(*(one(i, e) for i, e in enumerate(events)))
+
+    async def handle_events(self, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
+        """``process`` with the results collected in order."""
+        return await collect(self.process, events)
 
     async def handle(self, snapshot: AuthorSnapshot) -> None:
         """Cascade one display change. Idempotent: a replay changes nothing newer."""

@@ -21,7 +21,7 @@ from loguru import logger
 from enrichment.backoff import Backoff
 from enrichment.errors import PermanentError, ServiceUnavailable
 from handlers.events import ChangeEvent, Token
-from handlers.ports import DeadLetters
+from handlers.ports import DeadLetters, Report
 from worker.ports import ChangeFeed, Checkpoint, CheckpointStore
 from worker.settings import PipelineSettings
 from worker.watermark import Watermark
@@ -30,8 +30,8 @@ _Item = tuple[int, ChangeEvent]
 
 
 class EventHandler(Protocol):
-    async def handle_events(self, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
-        """One result per event: None when fully handled, else the error."""
+    async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
+        """Handle a batch; call ``report(i, None | error)`` once per event as soon as it is done."""
         ...
 
 
@@ -166,16 +166,11 @@ class StreamPipeline:
         pending = batch
         attempt = 1
         while pending:
-            events = [event for _, event in pending]
-            try:
-                results = await self._handler.handle_events(events)
-            except Exception as exc:  # a whole-batch failure (e.g. the profile source is down)
-                results = [exc] * len(pending)
+            failed = await self._attempt(pending)
             retry: list[_Item] = []
-            for item, error in zip(pending, results, strict=True):
-                if error is None:
-                    self._finish(item[0])
-                elif isinstance(error, PermanentError):
+            for i, error in sorted(failed.items()):
+                item = pending[i]
+                if isinstance(error, PermanentError):
                     await self._dead_letter(item, f"{type(error).__name__}: {error}")
                 elif attempt >= self._cfg.max_attempts:
                     await self._dead_letter(
@@ -191,11 +186,34 @@ class StreamPipeline:
                     len(retry),
                     attempt,
                     delay,
-                    results[0] if len(results) == 1 else "see errors above",
+                    next(iter(failed.values())),
                 )
                 await asyncio.sleep(delay)
             pending = retry
             attempt += 1
+
+    async def _attempt(self, pending: list[_Item]) -> dict[int, BaseException]:
+        """Run the handler once over ``pending``; finish each success as soon as it is reported."""
+        failed: dict[int, BaseException] = {}
+        reported: set[int] = set()
+
+        def report(i: int, error: BaseException | None) -> None:
+            if i in reported:
+                return
+            reported.add(i)
+            if error is None:
+                self._finish(pending[i][0])  # at once: a slow neighbour must not hold its slot
+            else:
+                failed[i] = error
+
+        try:
+            await self._handler.process([event for _, event in pending], report)
+        except Exception as exc:  # a handler bug: fail whatever it did not report
+            for i in range(len(pending)):
+                report(i, exc)
+        for i in range(len(pending)):
+            report(i, RuntimeError("handler did not report this event"))
+        return failed
 
     async def _dead_letter(self, item: _Item, reason: str) -> None:
         seq, event = item

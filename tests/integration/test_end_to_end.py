@@ -48,11 +48,14 @@ async def test_every_follower_gets_every_post_with_a_fresh_snapshot(
         if i % 10 == 5:
             user = rng.choice(authors)
             edits.append((user, world.edit_user(user, display_name=f"renamed {i}")))
-    expected_messages = sum((len(followers[world.db.collection("posts")[p]["author_id"]]) + 99) // 100
-                            for p in version_at_post)
+    expected_messages = sum(
+        (len(followers[world.db.collection("posts")[p]["author_id"]]) + 99) // 100 for p in version_at_post
+    )
     await wait_for(
-        lambda: len(collector.of("post.created")) >= expected_messages
-        and len(collector.of("profile.updated")) >= len(edits),
+        lambda: (
+            len(collector.of("post.created")) >= expected_messages
+            and len(collector.of("profile.updated")) >= len(edits)
+        ),
         what="all messages",
     )
     worker.stop.set()
@@ -98,7 +101,7 @@ async def test_every_follower_gets_every_post_with_a_fresh_snapshot(
     posts_cp = world.checkpoints.saved["posts"].token
     profiles_cp = world.checkpoints.saved["profiles"].token
     last_post_seq = max(
-        pos for pos, ev in world.db._log if ev["ns"]["coll"] == "posts" and ev["operationType"] == "insert"
+        pos for pos, ev in world.db.log() if ev["ns"]["coll"] == "posts" and ev["operationType"] == "insert"
     )
     assert token_seq(posts_cp) >= last_post_seq
     assert token_seq(profiles_cp) is not None

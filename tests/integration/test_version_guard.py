@@ -38,8 +38,10 @@ async def test_replayed_old_profile_event_leaves_newer_snapshots(
     world.edit_user("u1", display_name="third")  # version 3
     posts = world.db.collection("posts")
     await wait_for(
-        lambda: all(p.get("author_snapshot", {}).get("version") == 3 for p in posts.values())
-        and len(collector.of("profile.updated")) >= 1,
+        lambda: (
+            all(p.get("author_snapshot", {}).get("version") == 3 for p in posts.values())
+            and len(collector.of("profile.updated")) >= 1
+        ),
         what="v3 everywhere",
     )
     key = runtime.cache.l2.key("u1")  # type: ignore[union-attr]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
 
 from tests.support.wire_mongo import WireMongo
 
@@ -268,3 +270,56 @@ def test_restart_keeps_data_and_port() -> None:
         wm.stop()
         assert wm.start() == uri
         assert wm.find(DB, "posts") == [{"_id": 1}]
+
+
+@pytest.mark.asyncio
+async def test_stream_survives_stand_in_restart(wm: WireMongo) -> None:
+    async with _client(wm.uri) as client, await client[DB]["posts"].watch(max_await_time_ms=300) as s:
+        wm.insert(DB, "posts", {"_id": 1})
+        first = await s.try_next()
+        assert first is not None
+        wm.stop()  # connections dropped, cursors forgotten; data and change log kept
+        wm.start()
+        wm.insert(DB, "posts", {"_id": 2})
+        change = None
+        for _ in range(10):  # the driver rediscovers the server, then resumes after event 1
+            try:
+                change = await s.try_next()
+            except ConnectionFailure:
+                continue
+            if change is not None:
+                break
+        assert change is not None
+        assert change["documentKey"] == {"_id": 2}
+
+
+@pytest.mark.asyncio
+async def test_survives_sigkilled_client_with_parked_getmore(wm: WireMongo) -> None:
+    script = (
+        "import sys\n"
+        "from pymongo import MongoClient\n"
+        "c = MongoClient(sys.argv[1])\n"
+        "s = c.app.posts.watch(max_await_time_ms=10000)\n"
+        "print('ready', flush=True)\n"
+        "s.try_next()\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, wm.uri, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert (await proc.stdout.readline()).strip() == b"ready"
+        for _ in range(200):
+            if wm.command_count("getMore"):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the getMore is parked in a server thread now
+        proc.send_signal(signal.SIGKILL)
+        assert await proc.wait() == -signal.SIGKILL
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    wm.insert(DB, "posts", {"_id": "after-kill"})  # wakes the parked getMore: reply to a dead peer
+    async with _client(wm.uri) as client:
+        assert await client[DB]["posts"].find_one({"_id": "after-kill"}) == {"_id": "after-kill"}

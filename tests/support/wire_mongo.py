@@ -37,8 +37,10 @@ Emulated:
     empty).  ``resumeAfter`` / ``startAfter`` / ``startAtOperationTime``;
     unknown or foreign tokens -> 286 ChangeStreamHistoryLost; resumeAfter an
     invalidate -> 260.  Every batch carries ``postBatchResumeToken``.  getMore
-    blocks up to maxTimeMS (default 1000) for new events.  Extra stages: only
-    ``$match`` (evaluated by mongomock against the event document);
+    blocks up to maxTimeMS (default 1000) for new events (``stop()`` drops such
+    a parked request without a reply, so the driver sees a resumable network
+    error).  Extra stages: only ``$match`` (evaluated by mongomock against the
+    event document);
   * test hooks (``insert``/``update_one``/... and ``db(name)``) that write
     through the same code path, and fault injection (``fail_next``,
     ``hangup_next``; both act *before* the command executes).
@@ -77,7 +79,7 @@ from bson import ObjectId
 from bson.int64 import Int64
 from bson.timestamp import Timestamp
 from mockupdb import MockupDB, OpMsg, Request
-from mongomock.filtering import filter_applies
+from mongomock.filtering import filter_applies as _filter_applies
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
 Doc = dict[str, Any]
@@ -159,6 +161,10 @@ class _Fault:
     error: CommandError | None  # None means "hang up"
 
 
+def _matches(flt: Mapping[str, Any], doc: Mapping[str, Any]) -> bool:
+    return bool(_filter_applies(flt, doc))  # type: ignore[no-untyped-call]  # mongomock matcher
+
+
 def _now() -> datetime:
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond - now.microsecond % 1000)
@@ -213,7 +219,7 @@ class WireMongo:
 
     def __init__(self, port: int = 0, set_name: str = "rs0") -> None:
         self.port, self.set_name = port, set_name
-        self.backend = mongomock.MongoClient()  # direct writes here bypass the change log
+        self.backend: Any = mongomock.MongoClient()  # direct writes here bypass the change log
         self._cond = threading.Condition(threading.Lock())  # guards backend, log, cursors, faults
         self._log: list[_Event] = []
         self._cursors: dict[int, _FindCursor | _StreamCursor] = {}
@@ -255,6 +261,7 @@ class WireMongo:
         server = MockupDB(port=self.port or None, request_timeout=int(1e6))
         server._address = ("127.0.0.1", self.port or None)  # MockupDB hard-codes "localhost"
         server.autoresponds(self._handle)
+        self._stopped = False
         self.port = server.run()
         # MockupDB's accept thread dies with EBADF if stop() closes the listening socket before the
         # thread's setblocking() has finished; only return once it has accepted a probe connection.
@@ -262,7 +269,7 @@ class WireMongo:
             deadline = time.monotonic() + 5
             while not server._server_socks and time.monotonic() < deadline:
                 time.sleep(0.001)
-        self._server, self._stopped = server, False
+        self._server = server
         return self.uri
 
     def stop(self) -> None:
@@ -413,8 +420,8 @@ class WireMongo:
             reply = CommandError(115, f"not emulated by WireMongo/mongomock: {exc}").reply()
         except Exception as exc:
             reply = CommandError(8, f"WireMongo internal error: {exc!r}").reply()
-        if isinstance(request, OpMsg) and request.flags & 2:  # moreToCome: unacknowledged write
-            return
+        if self._stopped or (isinstance(request, OpMsg) and request.flags & 2):
+            return  # stopping: let stop() drop the connection (a network error is resumable); moreToCome
         with contextlib.suppress(OSError):  # client gone (e.g. SIGKILLed worker); MockupDB's loop ends
             request.reply(reply)
 
@@ -575,7 +582,8 @@ class WireMongo:
         }
 
     def _kill_cursors(self, db: str, cmd: Doc) -> Doc:
-        killed, missing = [], []
+        killed: list[Int64] = []
+        missing: list[Int64] = []
         for cid in cmd.get("cursors", []):
             cur = self._cursors.pop(int(cid), None)
             (killed if cur is not None else missing).append(Int64(cid))
@@ -725,7 +733,7 @@ class WireMongo:
             {"name": n, "type": "collection", "options": {}, "info": {"readOnly": False}}
             for n in sorted(self.backend[db].list_collection_names())
         ]
-        docs = [d for d in docs if filter_applies(cmd.get("filter") or {}, d)]
+        docs = [d for d in docs if _matches(cmd.get("filter") or {}, d)]
         if cmd.get("nameOnly"):
             docs = [{"name": d["name"], "type": d["type"]} for d in docs]
         return self._cursor_reply(
@@ -770,6 +778,7 @@ class WireMongo:
         full = spec.get("fullDocument", "default")
         if full not in ("default", "updateLookup") or spec.get("fullDocumentBeforeChange", "off") != "off":
             raise CommandError(115, "WireMongo: pre/post images are not emulated")
+        scope: tuple[str | None, str | None]
         if isinstance(target, str):
             scope, ns = (db, target), f"{db}.{target}"
         else:
@@ -809,7 +818,7 @@ class WireMongo:
                 out.append(self._event_doc(ev, cur.full_document))
                 return out, True
             doc = self._event_doc(ev, cur.full_document)
-            if all(filter_applies(m, doc) for m in cur.match):
+            if all(_matches(m, doc) for m in cur.match):
                 out.append(doc)
         return out, False
 
@@ -817,7 +826,7 @@ class WireMongo:
         self, cid: int, cur: _StreamCursor, events: list[Doc], invalidated: bool, batch_key: str
     ) -> Doc:
         pbrt = events[-1]["_id"] if events else self._token(cur.pos)
-        if (invalidated or cur.killed or self._stopped) and cid:
+        if (invalidated or cur.killed) and cid:
             self._cursors.pop(cid, None)
             cid = 0
         return {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +41,10 @@ class MemoryDatabase:
     def __init__(self, name: str = "social", max_log: int | None = None) -> None:
         self.name = name
         self.collections: dict[str, dict[Any, Doc]] = {}
-        self._log: deque[tuple[int, Doc]] = deque(maxlen=max_log)
+        # The log holds positions first_seq .. _seq contiguously, so a position is a list index.
+        self._log: list[tuple[int, Doc]] = []
+        self._first_seq = 1
+        self._max_log = max_log
         self._seq = 0
         self._changed: asyncio.Event | None = None
 
@@ -88,6 +90,10 @@ class MemoryDatabase:
             **extra,
         }
         self._log.append((self._seq, event))
+        if self._max_log is not None and len(self._log) > self._max_log:
+            drop = len(self._log) - self._max_log
+            del self._log[:drop]
+            self._first_seq += drop
         if self._changed is not None:
             self._changed.set()
             self._changed = None
@@ -100,15 +106,14 @@ class MemoryDatabase:
 
     def events_after(self, stream: str, seq: int, limit: int) -> list[tuple[int, Doc]]:
         """Up to ``limit`` logged events with a position above ``seq``; raise if ``seq`` is trimmed."""
-        if self._log and seq < self._log[0][0] - 1:
+        if seq < self._first_seq - 1:
             raise StreamFatal(stream, 286, "resume point is no longer in the change log (history lost)")
-        out: list[tuple[int, Doc]] = []
-        for pos, event in self._log:
-            if pos > seq:
-                out.append((pos, event))
-                if len(out) >= limit:
-                    break
-        return out
+        start = seq + 1 - self._first_seq
+        return self._log[start : start + limit]
+
+    def log(self) -> list[tuple[int, Doc]]:
+        """Every event still in the log, oldest first (tests and the demo read it)."""
+        return list(self._log)
 
     @property
     def position(self) -> int:

@@ -81,6 +81,17 @@ class MemoryPostStore:
         self._db = db
         self._collection = collection
         self.update_calls = 0
+        # author → post ids, extended as posts arrive (the collection dict keeps insertion order).
+        self._by_author: dict[str, list[Any]] = {}
+        self._indexed = 0
+
+    def _posts_of(self, author_id: str) -> list[Any]:
+        docs = self._db.collection(self._collection)
+        if len(docs) > self._indexed:
+            for post_id, doc in list(docs.items())[self._indexed :]:
+                self._by_author.setdefault(str(doc.get("author_id")), []).append(post_id)
+            self._indexed = len(docs)
+        return self._by_author.get(author_id, [])
 
     async def set_snapshots(self, items: Sequence[tuple[Any, AuthorSnapshot]]) -> int:
         self.update_calls += len({snap.user_id for _, snap in items})
@@ -99,9 +110,13 @@ class MemoryPostStore:
     async def rewrite_author_snapshot(self, snapshot: AuthorSnapshot) -> int:
         self.update_calls += 1
         changed = 0
-        for post_id, doc in list(self._db.collection(self._collection).items()):
-            if doc.get("author_id") == snapshot.user_id and _newer(
-                doc.get("author_snapshot"), snapshot.version
+        docs = self._db.collection(self._collection)
+        for post_id in self._posts_of(snapshot.user_id):
+            doc = docs.get(post_id)
+            if (
+                doc is not None
+                and doc.get("author_id") == snapshot.user_id
+                and _newer(doc.get("author_snapshot"), snapshot.version)
             ):
                 self._db.update(self._collection, post_id, {"author_snapshot": snapshot.to_dict()})
                 changed += 1

@@ -1,0 +1,131 @@
+"""The dispatcher's promises, on the in-memory stand-ins: checkpoints, idle tokens, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+
+from handlers.ports import OutgoingMessage
+from tests.harness import World, settings, start, wait_for
+from worker.adapters.memory_db import token_seq
+from worker.publisher import MemoryPublisher
+
+
+class GatedPublisher(MemoryPublisher):
+    """Confirms everything at once, except messages of posts listed in ``held``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: dict[str, asyncio.Future[None]] = {}
+        self.hold: set[str] = set()
+
+    async def send(self, message: OutgoingMessage) -> asyncio.Future[None]:
+        if message.correlation_id in self.hold:
+            self.messages.append(message)
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.held[message.correlation_id] = future
+            return future
+        return await super().send(message)
+
+
+def _world(users: int = 3) -> World:
+    world = World()
+    for i in range(users):
+        world.add_user(f"u{i}")
+        world.graph.set_followers(f"u{i}", [f"f{i}a", f"f{i}b"])
+    return world
+
+
+async def test_checkpoint_never_passes_an_unconfirmed_event() -> None:
+    # Given a post whose fan-out is not confirmed, followed by posts that are
+    world = _world()
+    publisher = GatedPublisher()
+    publisher.hold = {"p1"}
+    worker, task = await start(world.runtime(settings(), None, publisher))
+    posts = next(p for p in worker.pipelines if p.stream == "posts")
+    for i in range(6):
+        world.post(f"p{i}", f"u{i % 3}")
+    await wait_for(lambda: posts.stats.handled == 5, what="the five confirmed posts")
+    await asyncio.sleep(0.2)  # several checkpoint intervals
+
+    # Then the checkpoint stops right before p1, although p2..p5 are done
+    seq = {
+        ev["documentKey"]["_id"]: pos
+        for pos, ev in world.db.log()
+        if ev["ns"]["coll"] == "posts" and ev["operationType"] == "insert"
+    }
+    assert token_seq(world.checkpoints.saved["posts"].token) == seq["p0"]
+
+    # When p1 is finally confirmed
+    publisher.held["p1"].set_result(None)
+    await wait_for(lambda: posts.stats.handled == 6, what="p1")
+    await wait_for(lambda: token_seq(world.checkpoints.saved["posts"].token) >= seq["p5"], what="checkpoint")
+    worker.stop.set()
+    await task
+
+
+async def test_idle_stream_saves_the_post_batch_token() -> None:
+    # Given a worker whose profiles stream sees no profile writes at all
+    world = _world()
+    worker, task = await start(world.runtime(settings(), None, MemoryPublisher()))
+    # When only posts are written (the log moves on, the profiles stream stays idle)
+    for i in range(3):
+        world.post(f"p{i}", "u0")
+    await wait_for(lambda: "profiles" in world.checkpoints.saved, what="an idle checkpoint")
+    await wait_for(
+        lambda: token_seq(world.checkpoints.saved["profiles"].token) == world.db.position,
+        what="the idle token to reach the end of the log",
+    )
+    worker.stop.set()
+    await task
+    # Then the quiet stream's checkpoint is as recent as the log, with no event handled
+    assert next(p for p in worker.pipelines if p.stream == "profiles").stats.handled == 0
+
+
+async def test_malformed_event_is_dead_lettered_and_the_stream_moves_on() -> None:
+    world = _world()
+    publisher = MemoryPublisher()
+    worker, task = await start(world.runtime(settings(), None, publisher))
+    world.post("good1", "u0")
+    world.db.insert("posts", {"_id": "bad", "text": 42})  # no author_id, wrong type
+    world.db.insert("posts", {"_id": "huge", "author_id": "u0", "text": "x" * 300_000})
+    world.post("good2", "u1")
+    posts = next(p for p in worker.pipelines if p.stream == "posts")
+    await wait_for(lambda: posts.stats.handled == 2 and posts.stats.dead_lettered == 2, what="all four")
+    worker.stop.set()
+    await task
+
+    dead = {d["event"]["documentKey"]["_id"]: d for d in world.dead.items}
+    assert set(dead) == {"bad", "huge"}
+    assert "author_id" in dead["bad"]["error"]
+    assert "larger than" in dead["huge"]["error"]
+    assert dead["bad"]["stream"] == "posts" and dead["bad"]["token"] == dead["bad"]["event"]["_id"]
+    assert {m.correlation_id for m in publisher.messages} == {"good1", "good2"}
+    last = max(pos for pos, ev in world.db.log() if ev["operationType"] == "insert")
+    assert token_seq(world.checkpoints.saved["posts"].token) >= last
+
+
+async def test_transient_failures_are_retried_then_dead_lettered() -> None:
+    world = _world()
+    calls = {"n": 0}
+
+    class FlakyStore(type(world.posts)):  # type: ignore[misc]
+        async def set_snapshots(self, items):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] <= 2 or calls["n"] < 0:
+                raise ConnectionError("flaky")
+            return await super().set_snapshots(items)
+
+    world.posts = FlakyStore(world.db)
+    cfg = settings(max_attempts=3, retry_max_seconds=0.05)
+    worker, task = await start(world.runtime(cfg, None, MemoryPublisher()))
+    posts = next(p for p in worker.pipelines if p.stream == "posts")
+    world.post("p0", "u0")
+    await wait_for(lambda: posts.stats.handled == 1, what="p0 after two failures")
+    assert posts.stats.retries == 2 and world.dead.items == []
+
+    calls["n"] = -100  # now it fails on every attempt
+    world.post("p1", "u1")
+    await wait_for(lambda: posts.stats.dead_lettered == 1, what="p1 given up")
+    worker.stop.set()
+    await task
+    assert "gave up after 3 attempts" in world.dead.items[0]["error"]
