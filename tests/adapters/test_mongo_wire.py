@@ -40,8 +40,12 @@ async def test_set_snapshots_is_one_round_trip_and_version_guarded(
     # Given posts by two authors: one holds no snapshot, one an older, one a newer snapshot
     db = wire.db("social")
     db.insert("posts", {"_id": "a1", "author_id": "a", "text": "x"})
-    db.insert("posts", {"_id": "a2", "author_id": "a", "text": "x", "author_snapshot": snap("a", 1).to_dict()})
-    db.insert("posts", {"_id": "a3", "author_id": "a", "text": "x", "author_snapshot": snap("a", 9).to_dict()})
+    db.insert(
+        "posts", {"_id": "a2", "author_id": "a", "text": "x", "author_snapshot": snap("a", 1).to_dict()}
+    )
+    db.insert(
+        "posts", {"_id": "a3", "author_id": "a", "text": "x", "author_snapshot": snap("a", 9).to_dict()}
+    )
     db.insert("posts", {"_id": "b1", "author_id": "b", "text": "x"})
     db.insert("posts", {"_id": "c1", "author_id": "c", "text": "x"})  # not in the batch
     store = MongoPostStore(client["social"]["posts"])

@@ -58,6 +58,7 @@ async def test_restart_resumes_from_checkpoint_without_losing_recipients(
     runtime_b = world.runtime(cfg, redis)
     worker_b, task_b = await start(runtime_b)
     expected = {p: followers[d["author_id"]] for p, d in world.db.collection("posts").items()}
+
     def all_delivered() -> bool:
         got = collector.recipients_by_post()
         return all(got.get(p, set()) == r for p, r in expected.items())
