@@ -7,12 +7,15 @@
     │   └── PublishFailed         a publish was nacked, lost or timed out
     ├── PermanentError            retrying cannot help; the event is dead-lettered
     │   └── InvalidEvent          a change event that fails validation
-    └── StreamFatal               the change stream cannot continue (history lost, invalidate)
+    ├── StreamFatal               the change stream cannot continue (history lost, invalidate)
+    └── Deposed                   a newer leader holds the lease; this worker must stop writing
 
 It lives in the bottom room so that every room can raise and catch the same classes.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 
 class FanoutError(Exception):
@@ -50,3 +53,11 @@ class StreamFatal(FanoutError):
         super().__init__(f"stream {stream!r}: {message}")
         self.stream = stream
         self.code = code
+        self.reason = message
+        # Filled in by the pipeline, for the operator's log line.
+        self.checkpoint_saved_at: datetime | None = None
+        self.checkpoint_event_time: datetime | None = None
+
+
+class Deposed(FanoutError):
+    """A write was fenced off: another worker took the lease with a newer epoch."""

@@ -27,10 +27,11 @@ from worker.adapters.mongo_stores import (
     MongoCheckpointStore,
     MongoDeadLetters,
     MongoFollowerGraph,
+    MongoLeaseStore,
     MongoPostStore,
     MongoProfileSource,
 )
-from worker.ports import ChangeFeed, CheckpointStore
+from worker.ports import ChangeFeed, CheckpointStore, LeaseStore
 from worker.publisher import PublishStats, RabbitPublisher
 from worker.settings import Settings
 
@@ -65,6 +66,7 @@ class Runtime:
     publisher: ManagedPublisher
     checkpoints: CheckpointStore
     dead_letters: DeadLetters
+    leases: LeaseStore | None = None  # None: leader election off, this worker always tails
     closers: list[Closer] = field(default_factory=list)  # closed in reverse order
     labels: dict[str, str] = field(default_factory=dict)  # what each dependency really is
 
@@ -76,6 +78,7 @@ class Stores:
     graph: FollowerGraph
     checkpoints: CheckpointStore
     dead_letters: DeadLetters
+    leases: LeaseStore | None = None
 
 
 def assemble(
@@ -115,6 +118,7 @@ def assemble(
         publisher=publisher,
         checkpoints=stores.checkpoints,
         dead_letters=stores.dead_letters,
+        leases=stores.leases,
     )
 
 
@@ -167,8 +171,9 @@ async def build_runtime(settings: Settings) -> Runtime:
         source=MongoProfileSource(db[m.profiles]),
         posts=MongoPostStore(db[m.posts]),
         graph=MongoFollowerGraph(db[m.follows], m.follower_batch_size),
-        checkpoints=MongoCheckpointStore(db[m.checkpoints]),
+        checkpoints=MongoCheckpointStore(db[m.checkpoints], db[m.gaps]),
         dead_letters=MongoDeadLetters(db[m.dead_letters]),
+        leases=MongoLeaseStore(db[m.leases], settings.leader.name) if settings.leader.enabled else None,
     )
     redis = redis_client(settings)
     closers.append(redis.aclose)

@@ -19,10 +19,10 @@ from typing import Protocol
 from loguru import logger
 
 from enrichment.backoff import Backoff
-from enrichment.errors import PermanentError, ServiceUnavailable
+from enrichment.errors import Deposed, PermanentError, ServiceUnavailable, StreamFatal
 from handlers.events import ChangeEvent, Token
 from handlers.ports import DeadLetters, Report
-from worker.ports import ChangeFeed, Checkpoint, CheckpointStore
+from worker.ports import ChangeFeed, Checkpoint, CheckpointStore, Gap
 from worker.settings import PipelineSettings
 from worker.watermark import Watermark
 
@@ -45,6 +45,7 @@ class StreamStats:
     idle_polls: int = 0
     checkpoints_saved: int = 0
     reopens: int = 0
+    gaps: int = 0
 
 
 class StreamPipeline:
@@ -55,6 +56,7 @@ class StreamPipeline:
         checkpoints: CheckpointStore,
         dead_letters: DeadLetters,
         settings: PipelineSettings,
+        epoch: int = 0,
     ) -> None:
         self.stream = feed.stream
         self._feed = feed
@@ -71,14 +73,31 @@ class StreamPipeline:
         self.stats = StreamStats()
         self.last_progress = time.monotonic()  # a getMore (or try_next) came back
         self.resumed_from: Token | None = None
+        self.checkpoint: Checkpoint | None = None  # the last one loaded or saved
+        self.checkpoint_saved_at: float | None = None  # time.time() of the last save
+        self.epoch = epoch
+        self.deposed: Deposed | None = None
+        self._stop: asyncio.Event | None = None
+        self._drain_seconds = settings.shutdown_deadline_seconds
 
     @property
     def in_flight(self) -> int:
         return self.watermark.outstanding
 
+    def abort(self) -> None:
+        """Stop at once without draining: leadership is lost, another worker will replay."""
+        self._drain_seconds = 0.0
+        if self._stop is not None:
+            self._stop.set()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then drain within the deadline and save the checkpoint."""
+        """Run until ``stop`` is set, then drain within the deadline and save the checkpoint.
+
+        Raises StreamFatal (policy "fail") and Deposed (a newer leader fenced our checkpoint).
+        """
+        self._stop = stop
         checkpoint = await self._checkpoints.load(self.stream)
+        self.checkpoint = checkpoint
         self.resumed_from = checkpoint.token if checkpoint is not None else None
         if checkpoint is not None:
             self.watermark.token = checkpoint.token
@@ -98,7 +117,11 @@ class StreamPipeline:
             saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await saver
-            await self.save_checkpoint()
+            if self.deposed is None:
+                with contextlib.suppress(Deposed):
+                    await self.save_checkpoint()
+        if self.deposed is not None:
+            raise self.deposed
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(0.2, self._cfg.retry_max_seconds)
@@ -120,6 +143,8 @@ class StreamPipeline:
                         seq = self.watermark.begin(event.token, event.cluster_time)
                         self.stats.read += 1
                         self._queue.put_nowait((seq, event))
+            except StreamFatal as exc:
+                resume = await self._on_fatal(exc)
             except ServiceUnavailable as exc:
                 # Errors the driver could not resume by itself: reopen after the last event read.
                 self.stats.reopens += 1
@@ -129,6 +154,33 @@ class StreamPipeline:
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
+
+    async def _on_fatal(self, exc: StreamFatal) -> Token | None:
+        """History lost, fatal or invalidate: fail loudly, or record the gap and go on from now."""
+        cp = self.checkpoint
+        exc.checkpoint_saved_at = cp.saved_at if cp is not None else None
+        exc.checkpoint_event_time = self.watermark.event_time or (cp.event_time if cp else None)
+        if self._cfg.on_history_lost == "fail":
+            raise exc
+        gap = Gap(self.stream, exc.checkpoint_event_time, datetime.now(UTC), exc.reason)
+        backoff = Backoff(0.2, self._cfg.retry_max_seconds)
+        while True:  # the gap must be on record before anything after it is processed
+            try:
+                await self._checkpoints.record_gap(gap)
+                break
+            except Exception as err:
+                logger.warning("could not record the gap ({}); retrying", type(err).__name__)
+                await asyncio.sleep(backoff.next_delay())
+        self.stats.gaps += 1
+        logger.bind(stream=self.stream).error(
+            "stream {}: {}; resuming from now (on_history_lost = resume-from-now). Events from {} to {} "
+            "were NOT processed; the gap is recorded in the gaps collection for a backfill",
+            self.stream,
+            exc.reason,
+            gap.start.isoformat() if gap.start else "an unknown time",
+            gap.end.isoformat(),
+        )
+        return None
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -239,8 +291,8 @@ class StreamPipeline:
 
     async def _drain(self, batcher: asyncio.Task[None]) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._cfg.shutdown_deadline_seconds
-        await asyncio.wait([batcher], timeout=self._cfg.shutdown_deadline_seconds)
+        deadline = loop.time() + self._drain_seconds
+        await asyncio.wait([batcher], timeout=self._drain_seconds)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - loop.time()))
         leftover = [t for t in (batcher, *self._tasks) if not t.done()]
@@ -260,6 +312,13 @@ class StreamPipeline:
             await asyncio.sleep(self._cfg.checkpoint_interval_seconds)
             try:
                 await self.save_checkpoint()
+            except Deposed as exc:
+                logger.bind(stream=self.stream).warning(
+                    "stream {}: checkpoint fenced off by a newer leader; stopping", self.stream
+                )
+                self.deposed = exc
+                self.abort()
+                return
             except Exception as exc:
                 logger.bind(stream=self.stream).warning(
                     "checkpoint save failed ({}); will retry", type(exc).__name__

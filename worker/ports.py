@@ -38,9 +38,54 @@ class Checkpoint:
     # Cluster time of the last event handled before ``token`` (None when only idle tokens were saved).
     event_time: datetime | None
     saved_at: datetime
+    # The lease epoch of the writer. A save with an epoch lower than the stored one is refused.
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Events of ``stream`` between ``start`` and ``end`` were never processed (resume-from-now)."""
+
+    stream: str
+    start: datetime | None  # the last checkpoint's event time, None if unknown
+    end: datetime
+    reason: str
 
 
 class CheckpointStore(Protocol):
     async def load(self, stream: str) -> Checkpoint | None: ...
 
-    async def save(self, checkpoint: Checkpoint) -> None: ...
+    async def save(self, checkpoint: Checkpoint) -> None:
+        """Save, fenced by epoch: raise Deposed if a newer epoch has written this stream."""
+        ...
+
+    async def delete(self, stream: str) -> None:
+        """Forget the checkpoint (operator reset): the stream next starts from now."""
+        ...
+
+    async def record_gap(self, gap: Gap) -> None:
+        """Durably record events that were skipped, so they can be backfilled."""
+        ...
+
+    async def gaps(self) -> list[Gap]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    owner: str
+    epoch: int  # grows by one on every takeover; fences checkpoint writes
+    expires_at: datetime
+
+
+class LeaseStore(Protocol):
+    async def acquire(self, owner: str, ttl_seconds: float) -> Lease | None:
+        """Take the lease if it is free or expired, with a new epoch. None if someone holds it."""
+        ...
+
+    async def renew(self, lease: Lease, ttl_seconds: float) -> Lease | None:
+        """Extend our lease; None if it expired or was taken over."""
+        ...
+
+    async def release(self, lease: Lease) -> None: ...
+
+    async def current(self) -> Lease | None: ...

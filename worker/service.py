@@ -1,7 +1,8 @@
-"""The Worker: runs one pipeline per stream plus the invalidation listener, and shuts down in stages.
+"""The Worker: leads (or waits as a standby), runs one pipeline per stream plus the invalidation
+listener, and shuts down in stages.
 
 Shutdown order: stop reading → drain in-flight work within the deadline → save checkpoints →
-close clients in reverse order of creation.
+release the lease → close clients in reverse order of creation.
 """
 
 from __future__ import annotations
@@ -12,27 +13,35 @@ import signal
 
 from loguru import logger
 
+from enrichment.errors import Deposed
 from worker.app import POSTS_STREAM, PROFILES_STREAM, Runtime
 from worker.dispatch import EventHandler, StreamPipeline
+from worker.leader import Leadership
+from worker.ports import Lease
 
 
 class Worker:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, leadership: Leadership | None = None) -> None:
         self.runtime = runtime
         self.stop = asyncio.Event()
-        handlers: dict[str, EventHandler] = {
-            POSTS_STREAM: runtime.posts,
-            PROFILES_STREAM: runtime.profiles,
-        }
-        self.pipelines = [
-            StreamPipeline(
-                feed,
-                handlers[name],
-                runtime.checkpoints,
-                runtime.dead_letters,
-                runtime.settings.pipeline,
-            )
-            for name, feed in runtime.feeds.items()
+        if leadership is None and runtime.leases is not None:
+            leadership = Leadership(runtime.leases, runtime.settings.leader)
+        self.leadership = leadership
+        self.epoch = 0
+        self.terms = 0
+        self.pipelines: list[StreamPipeline] = []
+
+    @property
+    def role(self) -> str:
+        """ "leader" or "standby" once known; "starting" before. Without election, always leader."""
+        return self.leadership.role if self.leadership is not None else "leader"
+
+    def _pipelines(self, epoch: int) -> list[StreamPipeline]:
+        rt = self.runtime
+        handlers: dict[str, EventHandler] = {POSTS_STREAM: rt.posts, PROFILES_STREAM: rt.profiles}
+        return [
+            StreamPipeline(feed, handlers[name], rt.checkpoints, rt.dead_letters, rt.settings.pipeline, epoch)
+            for name, feed in rt.feeds.items()
         ]
 
     def install_signal_handlers(self) -> None:
@@ -57,24 +66,60 @@ class Worker:
         listener = asyncio.create_task(
             self.runtime.bus.run(cache.on_remote_invalidation, cache.l1.clear), name="invalidations"
         )
-        tasks = [asyncio.create_task(p.run(self.stop), name=p.stream) for p in self.pipelines]
         try:
-            # A pipeline that ends before stop was asked for has failed: stop the others too.
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            self.stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for task in tasks:
-                if not task.cancelled() and (exc := task.exception()) is not None:
-                    raise exc
+            if self.leadership is None:
+                await self._term(None)
+            while self.leadership is not None and not self.stop.is_set():
+                lease = await self.leadership.acquire(self.stop)
+                if lease is None:
+                    break
+                await self._term(lease)
         finally:
             self.stop.set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+            if self.leadership is not None:
+                await self.leadership.release()
             await self.close()
+
+    async def _term(self, lease: Lease | None) -> None:
+        """One leadership term: run the pipelines until stop, a lost lease, or a fatal error."""
+        self.epoch = lease.epoch if lease is not None else 0
+        self.terms += 1
+        term_stop = asyncio.Event()
+        pipelines = self.pipelines = self._pipelines(self.epoch)
+
+        def lost(reason: str) -> None:
+            logger.warning("leadership lost: {}; stopping the streams without draining", reason)
+            for p in pipelines:
+                p.abort()
+            term_stop.set()
+
+        helpers = [asyncio.create_task(self._forward_stop(term_stop))]
+        if lease is not None and self.leadership is not None:
+            helpers.append(asyncio.create_task(self.leadership.hold(lease, lost), name="lease"))
+        tasks = [asyncio.create_task(p.run(term_stop), name=p.stream) for p in pipelines]
+        try:
+            # A pipeline that ends before stop was asked for has failed: stop the others too.
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            term_stop.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Deposed):
+                    logger.warning("a newer leader fenced this worker off; back to standby")
+                    if self.leadership is not None:
+                        self.leadership.role = "standby"
+                elif isinstance(result, BaseException):
+                    raise result
+        finally:
+            for task in (*tasks, *helpers):
+                task.cancel()
+            await asyncio.gather(*tasks, *helpers, return_exceptions=True)
+
+    async def _forward_stop(self, term_stop: asyncio.Event) -> None:
+        await self.stop.wait()
+        term_stop.set()
 
     async def close(self) -> None:
         await self.runtime.publisher.close(self.runtime.settings.pipeline.shutdown_deadline_seconds)

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +41,8 @@ class MongoSettings(_Section):
     follows: str = Field("follows", min_length=1)
     checkpoints: str = Field("fanout_checkpoints", min_length=1)
     dead_letters: str = Field("fanout_dead_letters", min_length=1)
+    gaps: str = Field("fanout_gaps", min_length=1)
+    leases: str = Field("fanout_leases", min_length=1)
     server_selection_timeout_ms: int = Field(10_000, gt=0)
     max_await_time_ms: int = Field(1_000, gt=0, le=60_000)
     change_batch_size: int = Field(500, gt=0)
@@ -74,6 +84,20 @@ class PipelineSettings(_Section):
     retry_max_seconds: float = Field(30.0, gt=0)
     checkpoint_interval_seconds: float = Field(1.0, gt=0)
     shutdown_deadline_seconds: float = Field(30.0, gt=0)
+    on_history_lost: Literal["fail", "resume-from-now"] = "fail"
+
+
+class LeaderSettings(_Section):
+    enabled: bool = True
+    name: str = Field("fanout-worker", min_length=1)
+    ttl_seconds: float = Field(15.0, gt=0)
+    renew_interval_seconds: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _renew_well_within_ttl(self) -> LeaderSettings:
+        if self.renew_interval_seconds * 2 >= self.ttl_seconds:
+            raise ValueError("renew_interval_seconds must be less than half of ttl_seconds")
+        return self
 
 
 class LogSettings(_Section):
@@ -96,6 +120,7 @@ class Settings(BaseSettings):
     rabbitmq: RabbitSettings = RabbitSettings()
     cache: CacheSettings = CacheSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    leader: LeaderSettings = LeaderSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

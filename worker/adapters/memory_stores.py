@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loguru import logger
 
-from enrichment.errors import InvalidEvent
+from enrichment.errors import Deposed, InvalidEvent
 from enrichment.snapshot import AuthorSnapshot
 from worker.adapters.memory_db import MemoryDatabase
-from worker.ports import Checkpoint
+from worker.ports import Checkpoint, Gap, Lease
 
 
 class MemoryProfileSource:
@@ -124,16 +124,63 @@ class MemoryPostStore:
 
 
 class MemoryCheckpointStore:
+    """Checkpoints, gaps and the lease in one process; several workers may share one instance."""
+
     def __init__(self) -> None:
         self.saved: dict[str, Checkpoint] = {}
+        self.recorded_gaps: list[Gap] = []
         self.saves = 0
+        self.fenced = 0
 
     async def load(self, stream: str) -> Checkpoint | None:
         return self.saved.get(stream)
 
     async def save(self, checkpoint: Checkpoint) -> None:
+        current = self.saved.get(checkpoint.stream)
+        if current is not None and current.epoch > checkpoint.epoch:
+            self.fenced += 1
+            raise Deposed(f"checkpoint of {checkpoint.stream} is held by epoch {current.epoch}")
         self.saves += 1
         self.saved[checkpoint.stream] = checkpoint
+
+    async def delete(self, stream: str) -> None:
+        self.saved.pop(stream, None)
+
+    async def record_gap(self, gap: Gap) -> None:
+        self.recorded_gaps.append(gap)
+
+    async def gaps(self) -> list[Gap]:
+        return list(self.recorded_gaps)
+
+
+class MemoryLeaseStore:
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._clock = clock
+        self.lease: Lease | None = None
+        self._epoch = 0
+
+    async def acquire(self, owner: str, ttl_seconds: float) -> Lease | None:
+        now = self._clock()
+        if self.lease is not None and self.lease.expires_at > now and self.lease.owner != owner:
+            return None
+        self._epoch += 1
+        self.lease = Lease(owner, self._epoch, now + timedelta(seconds=ttl_seconds))
+        return self.lease
+
+    async def renew(self, lease: Lease, ttl_seconds: float) -> Lease | None:
+        now = self._clock()
+        held = self.lease
+        if held is None or held.epoch != lease.epoch or held.owner != lease.owner or held.expires_at <= now:
+            return None
+        self.lease = Lease(lease.owner, lease.epoch, now + timedelta(seconds=ttl_seconds))
+        return self.lease
+
+    async def release(self, lease: Lease) -> None:
+        if self.lease is not None and self.lease.epoch == lease.epoch:
+            self.lease = Lease(lease.owner, lease.epoch, self._clock())
+
+    async def current(self) -> Lease | None:
+        return self.lease
 
 
 class MemoryDeadLetters:

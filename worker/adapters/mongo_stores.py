@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import json_util
 from loguru import logger
-from pymongo import UpdateMany
+from pymongo import ReturnDocument, UpdateMany
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from enrichment.errors import InvalidEvent
+from enrichment.errors import Deposed, InvalidEvent
 from enrichment.snapshot import AuthorSnapshot
 from worker.adapters.mongo_errors import translate
-from worker.ports import Checkpoint
+from worker.ports import Checkpoint, Gap, Lease
 
 Coll = AsyncCollection[dict[str, Any]]
 _PROFILE_FIELDS = {"username": 1, "display_name": 1, "avatar_url": 1, "version": 1}
@@ -113,10 +113,11 @@ class MongoPostStore:
 
 
 class MongoCheckpointStore:
-    """One document per stream in a collection the worker owns."""
+    """One document per stream in a collection the worker owns; gaps in a second one."""
 
-    def __init__(self, checkpoints: Coll) -> None:
+    def __init__(self, checkpoints: Coll, gaps: Coll) -> None:
         self._coll = checkpoints
+        self._gaps = gaps
 
     async def load(self, stream: str) -> Checkpoint | None:
         try:
@@ -126,23 +127,115 @@ class MongoCheckpointStore:
         if doc is None or not isinstance(doc.get("token"), Mapping):
             return None
         saved_at = _aware(doc.get("saved_at")) or datetime.now(UTC)
-        return Checkpoint(stream, doc["token"], _aware(doc.get("event_time")), saved_at)
+        return Checkpoint(
+            stream, doc["token"], _aware(doc.get("event_time")), saved_at, int(doc.get("epoch", 0))
+        )
 
     async def save(self, checkpoint: Checkpoint) -> None:
         try:
+            # Fenced: matches only a document written by this epoch or an older one. When a newer
+            # epoch owns it, the upsert collides with the existing _id and nothing is written.
             await self._coll.update_one(
-                {"_id": checkpoint.stream},
+                {"_id": checkpoint.stream, "epoch": {"$lte": checkpoint.epoch}},
                 {
                     "$set": {
                         "token": dict(checkpoint.token),
                         "event_time": checkpoint.event_time,
                         "saved_at": checkpoint.saved_at,
+                        "epoch": checkpoint.epoch,
                     }
                 },
                 upsert=True,
             )
+        except DuplicateKeyError as exc:
+            raise Deposed(f"checkpoint of {checkpoint.stream} is held by a newer epoch") from exc
         except PyMongoError as exc:
             raise translate(exc, "checkpoint save") from exc
+
+    async def delete(self, stream: str) -> None:
+        try:
+            await self._coll.delete_one({"_id": stream})
+        except PyMongoError as exc:
+            raise translate(exc, "checkpoint delete") from exc
+
+    async def record_gap(self, gap: Gap) -> None:
+        try:
+            await self._gaps.insert_one(
+                {"stream": gap.stream, "start": gap.start, "end": gap.end, "reason": gap.reason}
+            )
+        except PyMongoError as exc:
+            raise translate(exc, "gap insert") from exc
+
+    async def gaps(self) -> list[Gap]:
+        try:
+            docs = [d async for d in self._gaps.find({}).sort("end", 1)]
+        except PyMongoError as exc:
+            raise translate(exc, "gap find") from exc
+        return [
+            Gap(d["stream"], _aware(d.get("start")), _aware(d["end"]) or datetime.now(UTC), d["reason"])
+            for d in docs
+        ]
+
+
+class MongoLeaseStore:
+    """The leader lease: one document ``{_id: name, owner, epoch, expires_at}``.
+
+    Expiry uses the workers' clocks: keep them in sync (NTP) well within the lease TTL.
+    """
+
+    def __init__(self, leases: Coll, name: str) -> None:
+        self._coll = leases
+        self._name = name
+
+    async def acquire(self, owner: str, ttl_seconds: float) -> Lease | None:
+        now = datetime.now(UTC)
+        try:
+            doc = await self._coll.find_one_and_update(
+                {"_id": self._name, "$or": [{"expires_at": {"$lte": now}}, {"owner": owner}]},
+                {
+                    "$set": {"owner": owner, "expires_at": now + timedelta(seconds=ttl_seconds)},
+                    "$inc": {"epoch": 1},
+                },
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            return None  # held by someone else: the filter missed and the upsert collided
+        except PyMongoError as exc:
+            raise translate(exc, "lease acquire") from exc
+        return _lease(doc) if doc is not None else None
+
+    async def renew(self, lease: Lease, ttl_seconds: float) -> Lease | None:
+        now = datetime.now(UTC)
+        try:
+            doc = await self._coll.find_one_and_update(
+                {"_id": self._name, "owner": lease.owner, "epoch": lease.epoch, "expires_at": {"$gt": now}},
+                {"$set": {"expires_at": now + timedelta(seconds=ttl_seconds)}},
+                return_document=ReturnDocument.AFTER,
+            )
+        except PyMongoError as exc:
+            raise translate(exc, "lease renew") from exc
+        return _lease(doc) if doc is not None else None
+
+    async def release(self, lease: Lease) -> None:
+        try:
+            await self._coll.update_one(
+                {"_id": self._name, "owner": lease.owner, "epoch": lease.epoch},
+                {"$set": {"expires_at": datetime.now(UTC)}},
+            )
+        except PyMongoError as exc:
+            raise translate(exc, "lease release") from exc
+
+    async def current(self) -> Lease | None:
+        try:
+            doc = await self._coll.find_one({"_id": self._name})
+        except PyMongoError as exc:
+            raise translate(exc, "lease read") from exc
+        return _lease(doc) if doc is not None else None
+
+
+def _lease(doc: Mapping[str, Any]) -> Lease:
+    return Lease(str(doc["owner"]), int(doc["epoch"]), _aware(doc["expires_at"]) or datetime.now(UTC))
 
 
 def _aware(value: Any) -> datetime | None:
