@@ -31,6 +31,7 @@ class PublishStats:
     nacked: int = 0
     retried: int = 0
     reconnects: int = 0
+    blocked_pauses: int = 0
 
 
 class RabbitPublisher:
@@ -90,6 +91,7 @@ class RabbitPublisher:
         )
         while True:
             exchange, generation = await self._exchange_ready(retry=True)
+            await self._wait_unblocked()
             self.stats.sent += 1
             try:
                 await exchange.publish(body, message.routing_key, mandatory=True, timeout=self._timeout)
@@ -106,6 +108,8 @@ class RabbitPublisher:
                 self.stats.nacked += 1
                 logger.warning("broker nacked {}; re-publishing", message.message_id)
             except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+                if isinstance(exc, TimeoutError) and self.blocked:
+                    continue  # paused by the broker mid-publish: wait for unblock, then re-publish
                 logger.warning(
                     "publish of {} not confirmed ({}); reconnecting and re-publishing",
                     message.message_id,
@@ -117,6 +121,24 @@ class RabbitPublisher:
                 return
             self.stats.retried += 1
             await asyncio.sleep(self._backoff.next_delay())
+
+    @property
+    def blocked(self) -> bool:
+        """The broker sent connection.blocked (memory or disk alarm) and has not unblocked yet."""
+        # aiormq keeps this state in a private event (its ready() waits on it); read it defensively.
+        transport = getattr(self._connection, "transport", None)
+        event = getattr(getattr(transport, "connection", None), "_Connection__connection_unblocked", None)
+        return isinstance(event, asyncio.Event) and not event.is_set()
+
+    async def _wait_unblocked(self) -> None:
+        if not self.blocked:
+            return
+        self.stats.blocked_pauses += 1
+        logger.warning("RabbitMQ blocked this connection (resource alarm); publishing paused")
+        # Polled, not awaited: aiormq's event is private and would never fire if the connection died.
+        while self.blocked and self._connection is not None and not self._connection.is_closed:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        logger.info("RabbitMQ unblocked the connection; publishing resumed")
 
     async def _exchange_ready(self, retry: bool) -> tuple[AbstractExchange, int]:
         async with self._lock:
