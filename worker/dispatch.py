@@ -330,6 +330,9 @@ class StreamPipeline:
         if mark.token is None or mark.version == self._saved_version:
             return
         version = mark.version
-        await self._checkpoints.save(Checkpoint(self.stream, mark.token, mark.event_time, datetime.now(UTC)))
+        checkpoint = Checkpoint(self.stream, mark.token, mark.event_time, datetime.now(UTC), self.epoch)
+        await self._checkpoints.save(checkpoint)
+        self.checkpoint = checkpoint
+        self.checkpoint_saved_at = time.time()
         self._saved_version = version
         self.stats.checkpoints_saved += 1
