@@ -1,0 +1,51 @@
+"""Bounded memory: fanning out to 1,000,000 followers costs no more than fanning out to 10,000."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import pytest
+
+from enrichment.cache import LayeredCache
+from enrichment.memory import MemoryLayer
+from handlers.events import NewPost
+from handlers.posts import PostCreatedHandler
+from worker.adapters.memory_db import MemoryDatabase
+from worker.adapters.memory_stores import MemoryFollowerGraph, MemoryPostStore, MemoryProfileSource
+from worker.publisher import MemoryPublisher
+
+BOUND = 8 * 1024 * 1024  # bytes of growth allowed during one fan-out, whatever the follower count
+
+
+async def _peak_growth(followers: int) -> tuple[int, int]:
+    db = MemoryDatabase()
+    db.insert("profiles", {"_id": "star", "username": "star", "display_name": "Star", "version": 1})
+    graph = MemoryFollowerGraph(page_size=1000)
+    graph.set_followers("star", [f"f{i:08d}" for i in range(followers)])
+    # Counts only, like a broker would: nothing published is kept in this process.
+    publisher = MemoryPublisher(window=64, keep=False)
+    cache = LayeredCache(MemoryLayer(10, 60, 10), None, MemoryProfileSource(db))
+    handler = PostCreatedHandler(cache, MemoryPostStore(db), graph, publisher, chunk_size=1000)
+    results: list[BaseException | None] = [None]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        await handler.handle_batch([NewPost("p1", "star", "hello", None)], results.__setitem__)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert results == [None]
+    assert handler.stats.recipients == followers
+    return peak - base, publisher.stats.confirmed
+
+
+@pytest.mark.timeout(120)
+async def test_celebrity_fan_out_memory_does_not_grow_with_followers() -> None:
+    small, small_messages = await _peak_growth(10_000)
+    large, large_messages = await _peak_growth(1_000_000)
+    assert (small_messages, large_messages) == (10, 1000)
+    assert large < BOUND, f"1M-follower fan-out grew {large / 2**20:.1f} MB"
+    # 100x the followers must not mean noticeably more memory: one chunk and a window in flight.
+    assert large < small * 2 + 256 * 1024, (small, large)
