@@ -47,19 +47,18 @@ class LayeredCache:
             return found
 
         waiting: dict[str, asyncio.Future[AuthorSnapshot | None]] = {}
-        owned: list[str] = []
+        owned: dict[str, asyncio.Future[AuthorSnapshot | None]] = {}
         loop = asyncio.get_running_loop()
         for user_id in misses:
             pending = self._inflight.get(user_id)
             if pending is not None:
                 waiting[user_id] = pending
             else:
-                self._inflight[user_id] = loop.create_future()
-                owned.append(user_id)
+                owned[user_id] = self._inflight[user_id] = loop.create_future()
 
         if owned:
             try:
-                found.update(await self._fill(owned))
+                found.update(await self._fill(list(owned)))
             except BaseException as exc:
                 self._settle(owned, {}, exc)
                 raise
@@ -105,12 +104,14 @@ class LayeredCache:
 
     def _settle(
         self,
-        owned: list[str],
+        owned: dict[str, asyncio.Future[AuthorSnapshot | None]],
         found: dict[str, AuthorSnapshot | None],
         error: BaseException | None,
     ) -> None:
-        for user_id in owned:
-            future = self._inflight.pop(user_id)
+        for user_id, future in owned.items():
+            # An invalidation may have detached this entry already; never drop a newer lookup's.
+            if self._inflight.get(user_id) is future:
+                del self._inflight[user_id]
             if future.done():
                 continue
             if isinstance(error, asyncio.CancelledError):
@@ -130,6 +131,8 @@ class LayeredCache:
         Returns True if L2 took the new snapshot.
         """
         self.l1.drop(snapshot.user_id, min_version=snapshot.version)
+        # A lookup in flight may have read the old profile: later callers must not join it.
+        self._inflight.pop(snapshot.user_id, None)
         if self.l2 is None:
             return False
         return await self.l2.put_many([(snapshot.user_id, snapshot)]) == 1
@@ -137,3 +140,4 @@ class LayeredCache:
     def on_remote_invalidation(self, user_id: str, version: int) -> None:
         """Another replica saw ``user_id`` change to ``version``."""
         self.l1.drop(user_id, min_version=version)
+        self._inflight.pop(user_id, None)

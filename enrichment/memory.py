@@ -60,7 +60,7 @@ class MemoryLayer:
         return hits, misses
 
     def put(self, user_id: str, value: AuthorSnapshot | None) -> bool:
-        """Store ``value`` unless a newer (or equally new) one is already known. Returns True if stored."""
+        """Store ``value`` unless a newer one is already known (equal refreshes the TTL). True if stored."""
         new_version = value.version if value is not None else MISSING_VERSION
         now = self._clock()
         current = self._entries.get(user_id)

@@ -67,6 +67,8 @@ class Runtime:
     checkpoints: CheckpointStore
     dead_letters: DeadLetters
     leases: LeaseStore | None = None  # None: leader election off, this worker always tails
+    # Readiness probes by dependency name, for /readyz and `fanout-worker check`.
+    checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     closers: list[Closer] = field(default_factory=list)  # closed in reverse order
     labels: dict[str, str] = field(default_factory=dict)  # what each dependency really is
 
@@ -192,5 +194,12 @@ async def build_runtime(settings: Settings) -> Runtime:
         raise
     runtime = assemble(settings, feeds, stores, publisher, redis)
     runtime.closers = closers
+
+    async def mongo_ok() -> bool:
+        return bool((await mongo.admin.command("ping")).get("ok"))
+
+    # Redis is left out on purpose: the worker keeps working without it (L1 + source), so a Redis
+    # outage must not mark every replica unready.
+    runtime.checks = {"mongodb": mongo_ok, "rabbitmq": publisher.check}
     runtime.labels = {"mongodb": "PyMongo", "redis": "Redis", "rabbitmq": "RabbitMQ"}
     return runtime

@@ -16,7 +16,11 @@ from loguru import logger
 
 from enrichment.errors import ConfigError, ServiceUnavailable, StreamFatal
 from worker import __version__
+from worker.app import build_runtime
+from worker.health import HealthServer, status_line, worker_progress
 from worker.logs import configure, redact
+from worker.notify import Notifier, watchdog_loop
+from worker.service import Worker
 from worker.settings import Settings, load_settings
 
 EXIT_OK = 0
@@ -73,9 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(settings: Settings) -> int:
-    from worker.app import build_runtime
-    from worker.service import Worker
-
     try:
         runtime = await build_runtime(settings)
     except ServiceUnavailable as exc:
@@ -83,15 +84,62 @@ async def _run(settings: Settings) -> int:
         return EXIT_UNAVAILABLE
     worker = Worker(runtime)
     worker.install_signal_handlers()
+    notifier = Notifier()
+    health: HealthServer | None = None
+    if settings.health.enabled:
+        h = settings.health
+        health = HealthServer(worker, h.host, h.port, h.watchdog_seconds)
+        try:
+            await health.start()
+        except OSError as exc:
+            logger.error("cannot listen for health and metrics on {}:{}: {}", h.host, h.port, exc.strerror)
+            await worker.close()
+            return EXIT_UNAVAILABLE
+    helpers = [
+        asyncio.create_task(
+            watchdog_loop(
+                notifier,
+                lambda: worker_progress(worker),
+                notifier.watchdog_interval() or 10.0,
+                lambda: status_line(worker),
+            )
+        ),
+        asyncio.create_task(_announce_stop(worker, notifier)),
+    ]
+    notifier.ready()
     logger.info("fanout-worker {} running", __version__)
+    try:
+        return await _supervise(worker)
+    finally:
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        if health is not None:
+            await health.close()
+        notifier.close()
+
+
+async def _announce_stop(worker: Worker, notifier: Notifier) -> None:
+    await worker.stop.wait()
+    notifier.stopping()
+
+
+async def _supervise(worker: Worker) -> int:
     try:
         await worker.run()
     except StreamFatal as exc:
+        saved = exc.checkpoint_saved_at.isoformat() if exc.checkpoint_saved_at else "never"
+        last = exc.checkpoint_event_time.isoformat() if exc.checkpoint_event_time else "unknown"
         logger.error(
-            "stream {} cannot resume from its checkpoint: {}. Enlarge the oplog window or reset "
-            "the checkpoint, then restart; events in between were not processed.",
+            "stream {} cannot resume: {}. Its checkpoint was saved at {} (last event handled at {}). "
+            "Events since then are not processed. To go on: enlarge the oplog window and run "
+            "`fanout-worker checkpoint reset --stream {} --to now` (then backfill the gap), or set "
+            'pipeline.on_history_lost = "resume-from-now" to record gaps and continue by itself.',
             exc.stream,
-            exc,
+            exc.reason,
+            saved,
+            last,
+            exc.stream,
         )
         return EXIT_STREAM_FATAL
     except asyncio.CancelledError:

@@ -64,6 +64,16 @@ class RabbitPublisher:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def check(self) -> bool:
+        """Readiness: connected now, or able to connect."""
+        if not self.connected:
+            await self._exchange_ready(retry=False)
+        return self.connected
+
     async def connect(self) -> None:
         """Connect and declare the exchange once; raises if the broker cannot be reached now."""
         await self._exchange_ready(retry=False)

@@ -30,6 +30,7 @@ class Worker:
         self.epoch = 0
         self.terms = 0
         self.pipelines: list[StreamPipeline] = []
+        self.ready_checks = runtime.checks
 
     @property
     def role(self) -> str:

@@ -100,6 +100,13 @@ class LeaderSettings(_Section):
         return self
 
 
+class HealthSettings(_Section):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(9464, ge=0, le=65535)
+    watchdog_seconds: float = Field(60.0, gt=0)
+
+
 class LogSettings(_Section):
     level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "text", "json"] = "auto"
@@ -121,6 +128,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     pipeline: PipelineSettings = PipelineSettings()
     leader: LeaderSettings = LeaderSettings()
+    health: HealthSettings = HealthSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

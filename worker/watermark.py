@@ -32,6 +32,12 @@ class Watermark:
     def outstanding(self) -> int:
         return len(self._slots)
 
+    @property
+    def oldest_pending_time(self) -> datetime | None:
+        """Cluster time of the oldest unfinished event: what lag is measured from."""
+        slot = self._slots.get(self._head)
+        return slot.event_time if slot is not None else None
+
     def begin(self, token: Token, event_time: datetime | None) -> int:
         seq = self._next
         self._next += 1

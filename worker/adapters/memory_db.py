@@ -47,6 +47,7 @@ class MemoryDatabase:
         self._max_log = max_log
         self._seq = 0
         self._changed: asyncio.Event | None = None
+        self.deletes = 0  # lets readers that index by insertion order know when to rebuild
 
     def collection(self, name: str) -> dict[Any, Doc]:
         return self.collections.setdefault(name, {})
@@ -75,6 +76,7 @@ class MemoryDatabase:
 
     def delete(self, coll: str, doc_id: Any) -> None:
         if self.collection(coll).pop(doc_id, None) is not None:
+            self.deletes += 1
             self._append(coll, "delete", doc_id)
 
     def _append(self, coll: str, op: str, doc_id: Any, **extra: Any) -> None:

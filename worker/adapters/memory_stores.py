@@ -84,9 +84,12 @@ class MemoryPostStore:
         # author → post ids, extended as posts arrive (the collection dict keeps insertion order).
         self._by_author: dict[str, list[Any]] = {}
         self._indexed = 0
+        self._deletes_seen = 0
 
     def _posts_of(self, author_id: str) -> list[Any]:
         docs = self._db.collection(self._collection)
+        if self._db.deletes != self._deletes_seen:  # positions shifted: start the index over
+            self._by_author, self._indexed, self._deletes_seen = {}, 0, self._db.deletes
         if len(docs) > self._indexed:
             for post_id, doc in list(docs.items())[self._indexed :]:
                 self._by_author.setdefault(str(doc.get("author_id")), []).append(post_id)

@@ -136,7 +136,11 @@ class MongoCheckpointStore:
             # Fenced: matches only a document written by this epoch or an older one. When a newer
             # epoch owns it, the upsert collides with the existing _id and nothing is written.
             await self._coll.update_one(
-                {"_id": checkpoint.stream, "epoch": {"$lte": checkpoint.epoch}},
+                {
+                    "_id": checkpoint.stream,
+                    # A document from before epochs existed has none: it may be overwritten.
+                    "$or": [{"epoch": {"$lte": checkpoint.epoch}}, {"epoch": {"$exists": False}}],
+                },
                 {
                     "$set": {
                         "token": dict(checkpoint.token),
