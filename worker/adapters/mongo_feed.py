@@ -32,6 +32,12 @@ class MongoChangeCursor:
         except PyMongoError as exc:
             raise translate(exc, "change stream getMore", self._name) from exc
         if raw is None:
+            if not self._stream.alive:
+                # Our $match also filters the invalidate event out, so a dropped or renamed
+                # collection shows up only as the server closing the cursor. Never idle on it.
+                raise StreamFatal(
+                    self._name, None, "stream closed by the server (collection dropped or renamed)"
+                )
             return None
         if raw.get("operationType") == "invalidate":
             # The collection was dropped or renamed; the driver ends the stream after this event.
