@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from enrichment.breaker import CircuitBreaker
 from enrichment.cache import LayeredCache
-from enrichment.errors import ServiceUnavailable
+from enrichment.errors import ConfigError, ServiceUnavailable
 from enrichment.invalidation import InvalidationBus, LocalInvalidationBus, RedisInvalidationBus
 from enrichment.memory import MemoryLayer
 from enrichment.redis_layer import RedisLayer
@@ -34,6 +34,7 @@ from worker.adapters.mongo_stores import (
 from worker.ports import ChangeFeed, CheckpointStore, LeaseStore
 from worker.publisher import PublishStats, RabbitPublisher
 from worker.settings import Settings
+from worker.topology import ensure_topology
 
 POSTS_STREAM = "posts"
 PROFILES_STREAM = "profiles"
@@ -188,7 +189,15 @@ async def build_runtime(settings: Settings) -> Runtime:
     publisher = rabbit_publisher(settings)
     try:
         await publisher.connect()
-    except ServiceUnavailable:
+        # Consumer queues first, so fan-out messages always have somewhere to go.
+        await ensure_topology(
+            settings.rabbitmq.url.get_secret_value(),
+            settings.rabbitmq.exchange,
+            settings.topology,
+            settings.rabbitmq.confirm_timeout_seconds,
+        )
+    except (ServiceUnavailable, ConfigError):
+        await publisher.close()
         for close in reversed(closers):
             await close()
         raise

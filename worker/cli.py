@@ -10,12 +10,13 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from loguru import logger
 
-from enrichment.errors import ConfigError, ServiceUnavailable, StreamFatal
-from worker import __version__
+from enrichment.errors import ConfigError, FanoutError, ServiceUnavailable, StreamFatal
+from worker import __version__, ops
 from worker.app import build_runtime
 from worker.health import HealthServer, status_line, worker_progress
 from worker.logs import configure, redact
@@ -57,7 +58,61 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--posts", type=int, default=1_500, help="posts to write (default 1500)")
     demo.add_argument("--edits", type=int, default=200, help="profile edits to interleave (default 200)")
     demo.add_argument("--offline", action="store_true", help="use in-memory stand-ins for Redis and RabbitMQ")
+
+    config_help = "TOML settings file (optional: defaults and FANOUT_* variables otherwise)"
+    check = sub.add_parser(
+        "check",
+        help="validate the config and reach every service",
+        description="Validate the settings, reach MongoDB (must be a replica set), Redis and RabbitMQ, "
+        "and print what is OK and what is not. Exit 0 when all are OK, 3 otherwise, 2 on bad config.",
+    )
+    check.add_argument("--config", type=Path, metavar="PATH", help=config_help)
+
+    cp = sub.add_parser(
+        "checkpoint",
+        help="show or reset the saved stream positions",
+        description="Inspect or reset the per-stream checkpoints in MongoDB.",
+    )
+    cp_sub = cp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = cp_sub.add_parser(
+        "show",
+        help="print each stream's checkpoint, the lease and recorded gaps",
+        description="Print each stream's checkpoint (saved at, age, last event, epoch), the leader "
+        "lease and any gaps recorded after history loss.",
+    )
+    show.add_argument("--config", type=Path, metavar="PATH", help=config_help)
+    reset = cp_sub.add_parser(
+        "reset",
+        help="point a stream at now or at a time (after history loss)",
+        description="Point a stream's checkpoint at a moment: events before it are skipped for good, "
+        "so record the window for a backfill. Stop every worker first: a running leader would "
+        "overwrite the reset (refused while a lease is live, unless --force).",
+    )
+    reset.add_argument("--config", type=Path, metavar="PATH", help=config_help)
+    reset.add_argument("--stream", default="all", help="posts, profiles or all (default all)")
+    target = reset.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", choices=["now"], help="start from now")
+    target.add_argument(
+        "--to-time", type=_iso_time, metavar="ISO", help="start at this time (UTC if no zone)"
+    )
+    reset.add_argument("--force", action="store_true", help="reset even while a worker holds the lease")
+
+    config = sub.add_parser(
+        "config",
+        help="print the effective config, secrets masked",
+        description="Print the settings after the file and FANOUT_* variables are applied, as TOML, "
+        "with passwords in URLs masked.",
+    )
+    config.add_argument("--config", type=Path, metavar="PATH", help=config_help)
     return parser
+
+
+def _iso_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,9 +126,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return asyncio.run(_run(settings))
-        return asyncio.run(_demo(settings, args))
+        if args.command == "demo":
+            return asyncio.run(_demo(settings, args))
+        if args.command == "config":
+            print(ops.effective_config(settings))
+            return EXIT_OK
+        if args.command == "check":
+            return asyncio.run(_check(settings))
+        return asyncio.run(_checkpoint(settings, args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+async def _check(settings: Settings) -> int:
+    results = await ops.check(settings)
+    rows = [("service", "status", "detail")]
+    rows += [(r.name, "OK" if r.ok else "FAIL", r.detail) for r in results]
+    print(ops.format_table(rows))
+    return EXIT_OK if all(r.ok for r in results) else EXIT_UNAVAILABLE
+
+
+async def _checkpoint(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        if args.action == "show":
+            print(await ops.show_checkpoints(settings))
+        else:
+            to = datetime.now(UTC) if args.to == "now" else args.to_time
+            print(await ops.reset_checkpoint(settings, args.stream, to, args.force))
+    except ConfigError as exc:
+        print(f"fanout-worker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ServiceUnavailable as exc:
+        print(f"fanout-worker: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except FanoutError as exc:
+        print(f"fanout-worker: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
 
 
 async def _run(settings: Settings) -> int:
@@ -82,6 +171,9 @@ async def _run(settings: Settings) -> int:
     except ServiceUnavailable as exc:
         logger.error("cannot start: {}", exc)
         return EXIT_UNAVAILABLE
+    except ConfigError as exc:  # e.g. a queue that exists with other arguments
+        logger.error("cannot start: {}", exc)
+        return EXIT_CONFIG
     worker = Worker(runtime)
     worker.install_signal_handlers()
     notifier = Notifier()

@@ -105,7 +105,11 @@ class StreamPipeline:
         logger.bind(stream=self.stream).info(
             "stream {} starting {}",
             self.stream,
-            "from its checkpoint" if checkpoint else "from now (no checkpoint yet)",
+            "from its checkpoint"
+            if checkpoint and checkpoint.token
+            else f"at {checkpoint.start_at.isoformat()} (checkpoint reset)"
+            if checkpoint and checkpoint.start_at
+            else "from now (no checkpoint yet)",
         )
         batcher = asyncio.create_task(self._batch_loop(), name=f"{self.stream} batcher")
         saver = asyncio.create_task(self._save_loop(), name=f"{self.stream} checkpointer")
@@ -126,15 +130,18 @@ class StreamPipeline:
     async def _read_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(0.2, self._cfg.retry_max_seconds)
         resume = self.resumed_from
+        # An operator reset to a time: used for the first open only, tokens take over after.
+        start_at = self.checkpoint.start_at if self.checkpoint is not None and resume is None else None
         while not stop.is_set():
             try:
-                async with self._feed.open(resume) as cursor:
+                async with self._feed.open(resume, start_at) as cursor:
                     while not stop.is_set():
                         # Never wrap try_next in a timeout: cancelling it closes the stream.
                         event = await cursor.try_next()
                         self.last_progress = time.monotonic()
                         backoff.reset()
                         resume = cursor.resume_token or resume
+                        start_at = None if resume is not None else start_at
                         if event is None:
                             self.stats.idle_polls += 1
                             self.watermark.idle(cursor.resume_token)

@@ -26,20 +26,23 @@ class ChangeFeed(Protocol):
 
     stream: str
 
-    def open(self, resume_after: Token | None) -> AbstractAsyncContextManager[ChangeCursor]:
-        """Open the stream after ``resume_after``, or from now when None."""
+    def open(
+        self, resume_after: Token | None, start_at: datetime | None = None
+    ) -> AbstractAsyncContextManager[ChangeCursor]:
+        """Open the stream after ``resume_after``; without a token at ``start_at``, else from now."""
         ...
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     stream: str
-    token: Token
+    token: Token | None  # None only after an operator reset to a time: then ``start_at`` is set
     # Cluster time of the last event handled before ``token`` (None when only idle tokens were saved).
     event_time: datetime | None
     saved_at: datetime
     # The lease epoch of the writer. A save with an epoch lower than the stored one is refused.
     epoch: int = 0
+    start_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

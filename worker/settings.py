@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from enrichment.errors import ConfigError
+from worker.topology import TopologySettings
 
 
 class _Section(BaseModel):
@@ -129,6 +130,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     leader: LeaderSettings = LeaderSettings()
     health: HealthSettings = HealthSettings()
+    topology: TopologySettings = TopologySettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -117,6 +117,13 @@ class MemoryDatabase:
         """Every event still in the log, oldest first (tests and the demo read it)."""
         return list(self._log)
 
+    def position_at(self, moment: datetime) -> int:
+        """The log position just before the first event at or after ``moment``."""
+        for pos, event in self._log:
+            if event["wallTime"] >= moment:
+                return pos - 1
+        return self._seq
+
     @property
     def position(self) -> int:
         return self._seq

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from enrichment.errors import StreamFatal
@@ -91,9 +92,13 @@ class MemoryChangeFeed:
         self.opened_with: list[Token | None] = []
 
     @asynccontextmanager
-    async def open(self, resume_after: Token | None) -> AsyncIterator[MemoryChangeCursor]:
+    async def open(
+        self, resume_after: Token | None, start_at: datetime | None = None
+    ) -> AsyncIterator[MemoryChangeCursor]:
         self.opened_with.append(resume_after)
-        if resume_after is None:
+        if resume_after is None and start_at is not None:
+            start = self._db.position_at(start_at)
+        elif resume_after is None:
             start = self._db.position
         else:
             seq = token_seq(resume_after)

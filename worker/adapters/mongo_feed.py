@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
+from bson import Timestamp
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
@@ -65,12 +67,16 @@ class MongoChangeFeed:
         self._batch_size = batch_size
 
     @asynccontextmanager
-    async def open(self, resume_after: Token | None) -> AsyncIterator[MongoChangeCursor]:
+    async def open(
+        self, resume_after: Token | None, start_at: datetime | None = None
+    ) -> AsyncIterator[MongoChangeCursor]:
+        at = Timestamp(int(start_at.timestamp()), 0) if start_at and resume_after is None else None
         try:
             stream = await self._collection.watch(
                 self._pipeline,
                 full_document=self._full_document,
                 resume_after=resume_after,
+                start_at_operation_time=at,
                 max_await_time_ms=self._max_await,
                 batch_size=self._batch_size,
             )

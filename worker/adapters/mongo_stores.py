@@ -124,11 +124,15 @@ class MongoCheckpointStore:
             doc = await self._coll.find_one({"_id": stream})
         except PyMongoError as exc:
             raise translate(exc, "checkpoint load") from exc
-        if doc is None or not isinstance(doc.get("token"), Mapping):
+        if doc is None:
+            return None
+        token = doc.get("token") if isinstance(doc.get("token"), Mapping) else None
+        start_at = _aware(doc.get("start_at"))
+        if token is None and start_at is None:
             return None
         saved_at = _aware(doc.get("saved_at")) or datetime.now(UTC)
         return Checkpoint(
-            stream, doc["token"], _aware(doc.get("event_time")), saved_at, int(doc.get("epoch", 0))
+            stream, token, _aware(doc.get("event_time")), saved_at, int(doc.get("epoch", 0)), start_at
         )
 
     async def save(self, checkpoint: Checkpoint) -> None:
@@ -143,7 +147,8 @@ class MongoCheckpointStore:
                 },
                 {
                     "$set": {
-                        "token": dict(checkpoint.token),
+                        "token": dict(checkpoint.token) if checkpoint.token is not None else None,
+                        "start_at": checkpoint.start_at,
                         "event_time": checkpoint.event_time,
                         "saved_at": checkpoint.saved_at,
                         "epoch": checkpoint.epoch,
