@@ -46,6 +46,9 @@ class ManagedPublisher(Publisher, Protocol):
     stats: PublishStats
     window: int
 
+    @property
+    def in_flight(self) -> int: ...
+
     async def connect(self) -> None: ...
 
     async def close(self, drain_seconds: float = 0.0) -> None: ...

@@ -23,6 +23,7 @@ from worker.logs import configure, redact
 from worker.notify import Notifier, watchdog_loop
 from worker.service import Worker
 from worker.settings import Settings, load_settings
+from worker.summary import summary_loop
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -198,6 +199,8 @@ async def _run(settings: Settings) -> int:
         ),
         asyncio.create_task(_announce_stop(worker, notifier)),
     ]
+    if settings.log.summary_interval_seconds > 0:
+        helpers.append(asyncio.create_task(summary_loop(worker, settings.log.summary_interval_seconds)))
     notifier.ready()
     logger.info("fanout-worker {} running", __version__)
     try:

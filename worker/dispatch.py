@@ -14,9 +14,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 from enrichment.backoff import Backoff
 from enrichment.errors import Deposed, PermanentError, ServiceUnavailable, StreamFatal
@@ -27,6 +30,15 @@ from worker.settings import PipelineSettings
 from worker.watermark import Watermark
 
 _Item = tuple[int, ChangeEvent]
+
+
+def event_logger(event: ChangeEvent) -> Logger:
+    """A logger bound with the event's stream, operation, document id and token."""
+    key = event.raw.get("documentKey")
+    doc_id = str(key.get("_id")) if isinstance(key, dict) else None
+    id_field = "post_id" if event.stream == "posts" else "user_id"
+    token = event.token.get("_data", event.token) if isinstance(event.token, dict) else event.token
+    return logger.bind(stream=event.stream, op=event.op, token=str(token), **{id_field: doc_id})
 
 
 class EventHandler(Protocol):
@@ -229,6 +241,14 @@ class StreamPipeline:
             retry: list[_Item] = []
             for i, error in sorted(failed.items()):
                 item = pending[i]
+                if not isinstance(error, PermanentError) and attempt < self._cfg.max_attempts:
+                    event_logger(item[1]).warning(
+                        "event failed (attempt {} of {}): {}: {}",
+                        attempt,
+                        self._cfg.max_attempts,
+                        type(error).__name__,
+                        error,
+                    )
                 if isinstance(error, PermanentError):
                     await self._dead_letter(item, f"{type(error).__name__}: {error}")
                 elif attempt >= self._cfg.max_attempts:
@@ -240,13 +260,7 @@ class StreamPipeline:
             if retry:
                 self.stats.retries += len(retry)
                 delay = backoff.next_delay()
-                logger.bind(stream=self.stream).warning(
-                    "{} event(s) failed (attempt {}), retrying in {:.2f}s: {}",
-                    len(retry),
-                    attempt,
-                    delay,
-                    next(iter(failed.values())),
-                )
+                logger.bind(stream=self.stream).info("retrying {} event(s) in {:.2f}s", len(retry), delay)
                 await asyncio.sleep(delay)
             pending = retry
             attempt += 1
@@ -261,6 +275,7 @@ class StreamPipeline:
                 return
             reported.add(i)
             if error is None:
+                event_logger(pending[i][1]).debug("event handled")
                 self._finish(pending[i][0])  # at once: a slow neighbour must not hold its slot
             else:
                 failed[i] = error
@@ -276,7 +291,7 @@ class StreamPipeline:
 
     async def _dead_letter(self, item: _Item, reason: str) -> None:
         seq, event = item
-        log = logger.bind(stream=self.stream, token=event.token)
+        log = event_logger(event)
         log.error("dead-lettering an event of stream {}: {}", self.stream, reason)
         # Keep trying until it is stored: moving on without it would lose the event.
         backoff = Backoff(0.1, self._cfg.retry_max_seconds)

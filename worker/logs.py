@@ -23,6 +23,9 @@ def redact(text: str) -> str:
 
 def _patch(record: Record) -> None:
     record["message"] = redact(record["message"])
+    for key, value in record["extra"].items():
+        if isinstance(value, str):
+            record["extra"][key] = redact(value)
     exc = record["exception"]
     if exc is not None and exc.value is not None:
         exc.value.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.value.args)
@@ -60,6 +63,14 @@ class _JsonLines:
         self._out.flush()
 
 
+def _text_format(record: Record) -> str:
+    """Time, level, message, then the bound context as key=value (stream, op, ids, token)."""
+    context = " ".join(f"{key}={value}" for key, value in record["extra"].items())
+    # Braces in the context are escaped: loguru formats the returned template once more.
+    tail = " | " + context.replace("{", "{{").replace("}", "}}") if context else ""
+    return "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}" + tail + "\n{exception}"
+
+
 def configure(level: str = "INFO", fmt: str = "auto", sink: Any = None) -> None:
     """Replace loguru's default sink. ``fmt`` "auto" is text on a TTY, JSON otherwise."""
     out = sink if sink is not None else sys.stderr
@@ -69,6 +80,5 @@ def configure(level: str = "INFO", fmt: str = "auto", sink: Any = None) -> None:
     if as_json:
         logger.add(_JsonLines(out).write, level=level, backtrace=False, diagnose=False)
     else:
-        text = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"
-        logger.add(out, level=level, format=text, backtrace=False, diagnose=False)
+        logger.add(out, level=level, format=_text_format, backtrace=False, diagnose=False)
     logging.basicConfig(handlers=[_Intercept()], level=logging.WARNING, force=True)

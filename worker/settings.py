@@ -111,6 +111,7 @@ class HealthSettings(_Section):
 class LogSettings(_Section):
     level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "text", "json"] = "auto"
+    summary_interval_seconds: float = Field(60.0, ge=0)
 
     @field_validator("level", mode="before")
     @classmethod
