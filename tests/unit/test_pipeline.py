@@ -129,3 +129,30 @@ async def test_transient_failures_are_retried_then_dead_lettered() -> None:
     worker.stop.set()
     await task
     assert "gave up after 3 attempts" in world.dead.items[0]["error"]
+
+
+async def test_a_checkpoint_reset_to_a_time_starts_the_stream_there() -> None:
+    # Given posts written before and after a moment, and a checkpoint reset to that moment
+    from datetime import UTC, datetime
+
+    from worker.ports import Checkpoint
+
+    world = _world()
+    world.post("early", "u0")
+    await asyncio.sleep(0.01)
+    moment = datetime.now(UTC)
+    world.post("late1", "u1")
+    world.post("late2", "u2")
+    await world.checkpoints.save(Checkpoint("posts", None, None, moment, 0, start_at=moment))
+    publisher = MemoryPublisher()
+
+    # When a worker starts
+    worker, task = await start(world.runtime(settings(), None, publisher))
+    posts = next(p for p in worker.pipelines if p.stream == "posts")
+    await wait_for(lambda: posts.stats.handled == 2, what="the two later posts")
+    worker.stop.set()
+    await task
+
+    # Then it replayed from the moment on, and the next checkpoint is a real token again
+    assert {m.correlation_id for m in publisher.messages} == {"late1", "late2"}
+    assert world.checkpoints.saved["posts"].token is not None
