@@ -7,8 +7,11 @@ Concurrent callers that miss on the same id share one lookup (single-flight).
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from loguru import logger
 
 from enrichment.errors import ServiceUnavailable
 from enrichment.memory import MemoryLayer
@@ -26,16 +29,28 @@ class CacheStats:
     shared_waits: int = 0  # ids served by another caller's in-flight lookup
     source_queries: int = 0
     l2_reads: int = 0
+    repairs_replayed: int = 0
+    repairs_dropped: int = 0
 
 
 class LayeredCache:
     """Read-through snapshot cache with version-guarded writes in every layer."""
 
-    def __init__(self, l1: MemoryLayer, l2: RedisLayer | None, source: ProfileSource) -> None:
+    def __init__(
+        self,
+        l1: MemoryLayer,
+        l2: RedisLayer | None,
+        source: ProfileSource,
+        max_repairs: int = 100_000,
+    ) -> None:
         self.l1 = l1
         self.l2 = l2
         self._source = source
         self._inflight: dict[str, asyncio.Future[AuthorSnapshot | None]] = {}
+        # Profile changes whose L2 replace failed (Redis down). Until written, L2 holds an older
+        # snapshot for these users: it is not trusted for them, and the writes are replayed.
+        self._repairs: OrderedDict[str, AuthorSnapshot] = OrderedDict()
+        self._max_repairs = max_repairs
         self.stats = CacheStats()
 
     async def get_many(self, user_ids: Iterable[str]) -> dict[str, AuthorSnapshot | None]:
@@ -75,9 +90,14 @@ class LayeredCache:
         result: dict[str, AuthorSnapshot | None] = {}
         remaining = user_ids
         if self.l2 is not None:
+            await self._repair_l2()
             if self.l2.available:
                 self.stats.l2_reads += 1
             l2_hits = await self.l2.get_many(user_ids)
+            for user_id, snap in list(l2_hits.items()):
+                owed = self._repairs.get(user_id)
+                if owed is not None and (snap is None or snap.version < owed.version):
+                    del l2_hits[user_id]  # older than a change L2 missed: go to the source
             self.stats.l2_hits += len(l2_hits)
             for user_id, snap in l2_hits.items():
                 self.l1.put(user_id, snap)
@@ -135,7 +155,41 @@ class LayeredCache:
         self._inflight.pop(snapshot.user_id, None)
         if self.l2 is None:
             return False
-        return await self.l2.put_many([(snapshot.user_id, snapshot)]) == 1
+        written = await self.l2.put_many([(snapshot.user_id, snapshot)])
+        if written is None:
+            self._owe(snapshot)
+        return written == 1
+
+    def _owe(self, snapshot: AuthorSnapshot) -> None:
+        owed = self._repairs.get(snapshot.user_id)
+        if owed is not None and owed.version >= snapshot.version:
+            return
+        self._repairs[snapshot.user_id] = snapshot
+        self._repairs.move_to_end(snapshot.user_id)
+        if len(self._repairs) > self._max_repairs:
+            dropped, _ = self._repairs.popitem(last=False)
+            self.stats.repairs_dropped += 1
+            logger.error(
+                "L2 repair backlog is full ({}): Redis may serve a stale snapshot of {} until its TTL",
+                self._max_repairs,
+                dropped,
+            )
+
+    async def _repair_l2(self) -> None:
+        """Replay the L2 writes that failed while Redis was away, once it answers again."""
+        if not self._repairs or self.l2 is None or not self.l2.available:
+            return
+        owed = list(self._repairs.items())
+        if await self.l2.put_many([(user_id, snap) for user_id, snap in owed]) is None:
+            return
+        for user_id, snap in owed:
+            if self._repairs.get(user_id) is snap:
+                del self._repairs[user_id]
+        self.stats.repairs_replayed += len(owed)
+
+    @property
+    def repairs_pending(self) -> int:
+        return len(self._repairs)
 
     def on_remote_invalidation(self, user_id: str, version: int) -> None:
         """Another replica saw ``user_id`` change to ``version``."""

@@ -95,10 +95,15 @@ class RedisLayer:
                 logger.warning("L2 entry for {} is unreadable, treating as a miss: {}", user_id, exc)
         return hits
 
-    async def put_many(self, values: Sequence[tuple[str, AuthorSnapshot | None]]) -> int:
-        """Write each value unless Redis holds a same-or-newer version. Returns how many were written."""
-        if not values or not self._breaker.allow():
+    async def put_many(self, values: Sequence[tuple[str, AuthorSnapshot | None]]) -> int | None:
+        """Write each value unless Redis holds a same-or-newer version.
+
+        Returns how many were written, or None when Redis could not be written at all.
+        """
+        if not values:
             return 0
+        if not self._breaker.allow():
+            return None
         keys: list[str] = []
         args: list[bytes | int] = []
         for user_id, snap in values:
@@ -111,7 +116,7 @@ class RedisLayer:
             written = await self._script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self._failed("set-if-newer", exc)
-            return 0
+            return None
         self._recovered()
         return int(written)
 
