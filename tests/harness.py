@@ -96,8 +96,10 @@ async def start(runtime: Runtime) -> tuple[Worker, asyncio.Task[None]]:
     task = asyncio.create_task(worker.run())
     # Both streams open "from now" when there is no checkpoint: wait until they have.
     await wait_for(
-        lambda: bool(worker.pipelines)
-        and all(p.stats.idle_polls > 0 or p.stats.read > 0 for p in worker.pipelines),
+        lambda: (
+            bool(worker.pipelines)
+            and all(p.stats.idle_polls > 0 or p.stats.read > 0 for p in worker.pipelines)
+        ),
         what="both streams to open",
     )
     return worker, task

@@ -225,15 +225,21 @@ async def _supervise(worker: Worker) -> int:
     except StreamFatal as exc:
         saved = exc.checkpoint_saved_at.isoformat() if exc.checkpoint_saved_at else "never"
         last = exc.checkpoint_event_time.isoformat() if exc.checkpoint_event_time else "unknown"
+        prevent = (
+            "enlarge the oplog window so it does not happen again"
+            if exc.code == 286
+            else "check the collection (dropped, renamed or recreated?)"
+        )
         logger.error(
             "stream {} cannot resume: {}. Its checkpoint was saved at {} (last event handled at {}). "
-            "Events since then are not processed. To go on: enlarge the oplog window and run "
-            "`fanout-worker checkpoint reset --stream {} --to now` (then backfill the gap), or set "
-            'pipeline.on_history_lost = "resume-from-now" to record gaps and continue by itself.',
+            "Events since then are not processed. To go on: {}, then run `fanout-worker checkpoint "
+            "reset --stream {} --to now` (and backfill the gap), or set pipeline.on_history_lost = "
+            '"resume-from-now" to record gaps and continue by itself.',
             exc.stream,
             exc.reason,
             saved,
             last,
+            prevent,
             exc.stream,
         )
         return EXIT_STREAM_FATAL

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from loguru import logger
@@ -30,6 +30,8 @@ from worker.settings import PipelineSettings
 from worker.watermark import Watermark
 
 _Item = tuple[int, ChangeEvent]
+# How far back the very first start reaches, to absorb clock skew between this host and MongoDB.
+FIRST_START_MARGIN = timedelta(seconds=5)
 
 
 def event_logger(event: ChangeEvent) -> Logger:
@@ -109,19 +111,25 @@ class StreamPipeline:
         """
         self._stop = stop
         checkpoint = await self._checkpoints.load(self.stream)
+        first_start = checkpoint is None
+        if checkpoint is None:
+            # Very first start: record "now" before opening, so a crash before the first token is
+            # saved replays from here instead of silently starting from a later "now".
+            now = datetime.now(UTC)
+            checkpoint = Checkpoint(self.stream, None, None, now, self.epoch, now - FIRST_START_MARGIN)
+            await self._checkpoints.save(checkpoint)
         self.checkpoint = checkpoint
-        self.resumed_from = checkpoint.token if checkpoint is not None else None
-        if checkpoint is not None:
-            self.watermark.token = checkpoint.token
-            self.watermark.event_time = checkpoint.event_time
+        self.resumed_from = checkpoint.token
+        self.watermark.token = checkpoint.token
+        self.watermark.event_time = checkpoint.event_time
         logger.bind(stream=self.stream).info(
             "stream {} starting {}",
             self.stream,
             "from its checkpoint"
-            if checkpoint and checkpoint.token
-            else f"at {checkpoint.start_at.isoformat()} (checkpoint reset)"
-            if checkpoint and checkpoint.start_at
-            else "from now (no checkpoint yet)",
+            if checkpoint.token
+            else "from now (first start)"
+            if first_start
+            else f"at {checkpoint.start_at.isoformat() if checkpoint.start_at else '?'} (checkpoint reset)",
         )
         batcher = asyncio.create_task(self._batch_loop(), name=f"{self.stream} batcher")
         saver = asyncio.create_task(self._save_loop(), name=f"{self.stream} checkpointer")

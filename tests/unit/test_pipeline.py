@@ -156,3 +156,37 @@ async def test_a_checkpoint_reset_to_a_time_starts_the_stream_there() -> None:
     # Then it replayed from the moment on, and the next checkpoint is a real token again
     assert {m.correlation_id for m in publisher.messages} == {"late1", "late2"}
     assert world.checkpoints.saved["posts"].token is not None
+
+
+async def test_a_crash_before_the_first_token_is_saved_still_replays() -> None:
+    # Given a first-ever start whose checkpoints would not be saved for a long while
+    from worker.adapters.memory_stores import MemoryCheckpointStore
+
+    class Frozen(MemoryCheckpointStore):
+        frozen = False
+
+        async def save(self, checkpoint):  # type: ignore[no-untyped-def]
+            if not self.frozen:
+                await super().save(checkpoint)
+
+    world = _world()
+    world.checkpoints = Frozen()
+    first = MemoryPublisher()
+    _worker, task = await start(world.runtime(settings(checkpoint_interval_seconds=60), None, first))
+    assert world.checkpoints.saved["posts"].start_at is not None  # recorded before opening
+
+    # When posts are handled and the worker dies before saving any token
+    world.checkpoints.frozen = True
+    world.post("p0", "u0")
+    world.post("p1", "u1")
+    await wait_for(lambda: len(first.messages) == 2, what="the first worker's fan-out")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+    # Then the next worker replays them from the recorded start instead of starting from a new "now"
+    world.checkpoints.frozen = False
+    second = MemoryPublisher()
+    worker2, task2 = await start(world.runtime(settings(), None, second))
+    await wait_for(lambda: {m.correlation_id for m in second.messages} == {"p0", "p1"}, what="replay")
+    worker2.stop.set()
+    await task2
