@@ -126,8 +126,9 @@ class Received:
 class Collector:
     """A test consumer: an exclusive queue bound to every routing key of the exchange."""
 
-    def __init__(self, connection: aio_pika.abc.AbstractConnection) -> None:
+    def __init__(self, connection: aio_pika.abc.AbstractConnection, exchange: str) -> None:
         self._connection = connection
+        self._exchange = exchange
         self.messages: list[Received] = []
 
     @classmethod
@@ -137,7 +138,7 @@ class Collector:
         ex = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(ex, "#")
-        collector = cls(connection)
+        collector = cls(connection, exchange)
         await queue.consume(collector._on_message, no_ack=True)
         return collector
 
@@ -163,4 +164,7 @@ class Collector:
         return out
 
     async def close(self) -> None:
+        """Disconnect and delete the test's exchange, so runs leave nothing on the broker."""
+        channel = await self._connection.channel()
+        await channel.exchange_delete(self._exchange)
         await self._connection.close()

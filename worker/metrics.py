@@ -215,6 +215,18 @@ class WorkerCollector(Collector):
         yield _gauge(
             "redis_available", "1 unless the Redis circuit breaker is open.", (), [((), float(l2.available))]
         )
+        yield _gauge(
+            "cache_l2_repairs_pending",
+            "Profile changes Redis missed while down, to be written when it answers.",
+            (),
+            [((), float(getattr(cache, "repairs_pending", 0)))],
+        )
+        yield _counter(
+            "cache_l2_repairs_dropped",
+            "Missed Redis writes dropped because the repair backlog was full (stale until TTL).",
+            (),
+            [((), getattr(c, "repairs_dropped", 0))],
+        )
 
     def _leadership(self) -> Iterator[Metric]:
         w = self._worker
