@@ -210,8 +210,11 @@ async def build_runtime(settings: Settings) -> Runtime:
     async def mongo_ok() -> bool:
         return bool((await mongo.admin.command("ping")).get("ok"))
 
-    # Redis is left out on purpose: the worker keeps working without it (L1 + source), so a Redis
-    # outage must not mark every replica unready.
-    runtime.checks = {"mongodb": mongo_ok, "rabbitmq": publisher.check}
+    async def redis_ok() -> bool:
+        return bool(await redis.ping())
+
+    # Readiness reports every dependency; liveness (/healthz) alone decides restarts, so a Redis
+    # outage, which the worker survives on L1 and the source, never gets it killed.
+    runtime.checks = {"mongodb": mongo_ok, "redis": redis_ok, "rabbitmq": publisher.check}
     runtime.labels = {"mongodb": "PyMongo", "redis": "Redis", "rabbitmq": "RabbitMQ"}
     return runtime

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -60,6 +61,11 @@ class StreamStats:
     checkpoints_saved: int = 0
     reopens: int = 0
     gaps: int = 0
+    # (operationType, outcome) → count, outcome in read | handled | dead_lettered | retried
+    by_type: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def count(self, op: str, outcome: str, n: int = 1) -> None:
+        self.by_type[(op, outcome)] += n
 
 
 class StreamPipeline:
@@ -71,6 +77,7 @@ class StreamPipeline:
         dead_letters: DeadLetters,
         settings: PipelineSettings,
         epoch: int = 0,
+        stats: StreamStats | None = None,
     ) -> None:
         self.stream = feed.stream
         self._feed = feed
@@ -84,7 +91,7 @@ class StreamPipeline:
         self._tasks: set[asyncio.Task[None]] = set()
         self.watermark = Watermark()
         self._saved_version = 0
-        self.stats = StreamStats()
+        self.stats = stats or StreamStats()  # passed in, so counters survive leadership terms
         self.last_progress = time.monotonic()  # a getMore (or try_next) came back
         self.resumed_from: Token | None = None
         self.checkpoint: Checkpoint | None = None  # the last one loaded or saved
@@ -169,6 +176,7 @@ class StreamPipeline:
                         await self._slots.acquire()
                         seq = self.watermark.begin(event.token, event.cluster_time)
                         self.stats.read += 1
+                        self.stats.count(event.op, "read")
                         self._queue.put_nowait((seq, event))
             except StreamFatal as exc:
                 resume = await self._on_fatal(exc)
@@ -267,6 +275,8 @@ class StreamPipeline:
                     retry.append(item)
             if retry:
                 self.stats.retries += len(retry)
+                for _, event in retry:
+                    self.stats.count(event.op, "retried")
                 delay = backoff.next_delay()
                 logger.bind(stream=self.stream).info("retrying {} event(s) in {:.2f}s", len(retry), delay)
                 await asyncio.sleep(delay)
@@ -283,8 +293,9 @@ class StreamPipeline:
                 return
             reported.add(i)
             if error is None:
-                event_logger(pending[i][1]).debug("event handled")
-                self._finish(pending[i][0])  # at once: a slow neighbour must not hold its slot
+                seq, event = pending[i]
+                event_logger(event).debug("event handled")
+                self._finish(seq, event.op)  # at once: a slow neighbour must not hold its slot
             else:
                 failed[i] = error
 
@@ -311,11 +322,13 @@ class StreamPipeline:
                 log.warning("dead-letter write failed ({}); retrying", type(exc).__name__)
                 await asyncio.sleep(backoff.next_delay())
         self.stats.dead_lettered += 1
-        self._finish(seq, handled=False)
+        self.stats.count(event.op, "dead_lettered")
+        self._finish(seq, event.op, handled=False)
 
-    def _finish(self, seq: int, handled: bool = True) -> None:
+    def _finish(self, seq: int, op: str, handled: bool = True) -> None:
         if handled:
             self.stats.handled += 1
+            self.stats.count(op, "handled")
         self.watermark.finish(seq)
         self._slots.release()
 

@@ -104,17 +104,17 @@ class WorkerCollector(Collector):
         pipelines = list(w.pipelines)
         events: list[tuple[Sequence[str], float]] = []
         for p in pipelines:
-            s = p.stats
-            events += [
-                ((p.stream, "read"), s.read),
-                ((p.stream, "handled"), s.handled),
-                ((p.stream, "dead_lettered"), s.dead_lettered),
-                ((p.stream, "retried"), s.retries),
-            ]
+            for (op, outcome), n in sorted(p.stats.by_type.items()):
+                events.append(((p.stream, op, outcome), n))
             if p.stream == PROFILES_STREAM:
-                events.append(((p.stream, "ignored"), w.runtime.profiles.stats.ignored))
+                # Only updates can miss the display fields (a replace always counts as a change).
+                events.append(((p.stream, "update", "ignored"), w.runtime.profiles.stats.ignored))
         yield _counter(
-            "events", "Change events by stream and outcome (outcomes overlap).", ("stream", "outcome"), events
+            "events",
+            "Change events by stream, operation type and outcome (outcomes overlap: read, handled, "
+            "dead_lettered, retried, ignored).",
+            ("stream", "type", "outcome"),
+            events,
         )
 
         def per_stream(value: Callable[[StreamPipeline], float | None]) -> Rows:

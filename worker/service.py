@@ -15,7 +15,7 @@ from loguru import logger
 
 from enrichment.errors import Deposed
 from worker.app import POSTS_STREAM, PROFILES_STREAM, Runtime
-from worker.dispatch import EventHandler, StreamPipeline
+from worker.dispatch import EventHandler, StreamPipeline, StreamStats
 from worker.leader import Leadership
 from worker.ports import Lease
 
@@ -31,6 +31,7 @@ class Worker:
         self.terms = 0
         self.pipelines: list[StreamPipeline] = []
         self.ready_checks = runtime.checks
+        self._stats = {name: StreamStats() for name in runtime.feeds}
 
     @property
     def role(self) -> str:
@@ -41,7 +42,15 @@ class Worker:
         rt = self.runtime
         handlers: dict[str, EventHandler] = {POSTS_STREAM: rt.posts, PROFILES_STREAM: rt.profiles}
         return [
-            StreamPipeline(feed, handlers[name], rt.checkpoints, rt.dead_letters, rt.settings.pipeline, epoch)
+            StreamPipeline(
+                feed,
+                handlers[name],
+                rt.checkpoints,
+                rt.dead_letters,
+                rt.settings.pipeline,
+                epoch,
+                self._stats[name],
+            )
             for name, feed in rt.feeds.items()
         ]
 

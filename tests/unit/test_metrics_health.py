@@ -83,9 +83,12 @@ def test_counters_track_the_live_stats() -> None:
     # Given a worker with some activity
     w = fake_worker()
     posts, profiles = w.pipelines
-    posts.stats.read, posts.stats.handled, posts.stats.dead_lettered, posts.stats.retries = 10, 8, 1, 3
+    for outcome, n in (("read", 10), ("handled", 8), ("dead_lettered", 1), ("retried", 3)):
+        posts.stats.count("insert", outcome, n)
     posts.stats.batches = 4
-    profiles.stats.read, profiles.stats.handled = 5, 5
+    profiles.stats.count("update", "read", 4)
+    profiles.stats.count("replace", "read", 1)
+    profiles.stats.count("update", "handled", 5)
     w.runtime.profiles.stats.ignored = 2
     pub = w.runtime.publisher.stats
     pub.sent, pub.confirmed, pub.returned, pub.nacked, pub.retried, pub.reconnects = 20, 18, 1, 1, 2, 3
@@ -98,12 +101,14 @@ def test_counters_track_the_live_stats() -> None:
 
     m = scrape(w)
 
-    assert m[key("fanout_events_total", stream="posts", outcome="read")] == 10
-    assert m[key("fanout_events_total", stream="posts", outcome="handled")] == 8
-    assert m[key("fanout_events_total", stream="posts", outcome="dead_lettered")] == 1
-    assert m[key("fanout_events_total", stream="posts", outcome="retried")] == 3
-    assert m[key("fanout_events_total", stream="profiles", outcome="ignored")] == 2
-    assert key("fanout_events_total", stream="posts", outcome="ignored") not in m
+    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="read")] == 10
+    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="handled")] == 8
+    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="dead_lettered")] == 1
+    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="retried")] == 3
+    assert m[key("fanout_events_total", stream="profiles", type="update", outcome="read")] == 4
+    assert m[key("fanout_events_total", stream="profiles", type="replace", outcome="read")] == 1
+    assert m[key("fanout_events_total", stream="profiles", type="update", outcome="ignored")] == 2
+    assert key("fanout_events_total", stream="posts", type="insert", outcome="ignored") not in m
     assert m[key("fanout_batches_total", stream="posts")] == 4
     assert m[key("fanout_in_flight_events", stream="posts")] == 1
     for outcome, value in [
@@ -131,10 +136,10 @@ def test_counters_track_the_live_stats() -> None:
     assert m[key("fanout_up")] == 1
 
     # When the stats move, the next scrape follows them
-    posts.stats.handled += 5
+    posts.stats.count("insert", "handled", 5)
     w.runtime.cache.l2.available = False
     m = scrape(w)
-    assert m[key("fanout_events_total", stream="posts", outcome="handled")] == 13
+    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="handled")] == 13
     assert m[key("fanout_redis_available")] == 0
 
 
@@ -181,11 +186,12 @@ def test_unknown_event_time_in_flight_is_absent() -> None:
 
 def test_standby_has_no_stream_ages_and_leader_zero() -> None:
     stale = pipeline("posts", last_progress=MONO - 999, checkpoint_saved_at=WALL - 999)
+    stale.stats.count("insert", "read", 0)
     m = scrape(fake_worker(role="standby", epoch=3, pipelines=[stale]))
     assert m[key("fanout_leader")] == 0
     assert m[key("fanout_leader_epoch")] == 3
     assert not any(name.endswith(("_age_seconds", "_lag_seconds")) for name, _ in m)
-    assert m[key("fanout_events_total", stream="posts", outcome="read")] == 0  # counters stay
+    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="read")] == 0  # counters stay
 
 
 def test_no_redis_no_pipelines_no_role_attribute() -> None:
@@ -318,14 +324,14 @@ async def test_readyz_without_checks_is_the_role(server: HealthServer, worker: S
 
 
 async def test_metrics_endpoint(server: HealthServer, worker: SimpleNamespace) -> None:
-    worker.pipelines[0].stats.read = 42
+    worker.pipelines[0].stats.count("insert", "read", 42)
     status, headers, body = await get(server.port, "/metrics")
     assert status == 200
     assert headers["content-type"] == CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
     assert int(headers["content-length"]) == len(body)
     names = {f.name for f in text_string_to_metric_families(body.decode())}
     assert {"fanout_events", "fanout_up", "fanout_leader", "fanout_last_progress_age_seconds"} <= names
-    assert 'fanout_events_total{outcome="read",stream="posts"} 42.0' in body.decode()
+    assert 'fanout_events_total{outcome="read",stream="posts",type="insert"} 42.0' in body.decode()
 
 
 async def test_head_has_no_body(server: HealthServer) -> None:
