@@ -6,6 +6,8 @@ success, which a reconnect loop needs and a one-shot ``@retry`` does not give.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from types import SimpleNamespace
 
 from tenacity import wait_exponential_jitter
@@ -26,3 +28,15 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; True if it is set.
+
+    Uses ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` can swallow an outer
+    cancellation when the inner wait finishes at the same moment, and a shutdown then never ends.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()

@@ -41,6 +41,10 @@ class CircuitBreaker:
         self._trial_in_flight = False
         return was_open
 
+    def abandon(self) -> None:
+        """A call was cancelled before it could tell: let the next one be the trial."""
+        self._trial_in_flight = False
+
     def failure(self) -> bool:
         """Record a failure. Returns True if this opened the breaker."""
         self._failures += 1

@@ -145,10 +145,11 @@ class LayeredCache:
             else:
                 future.set_result(found.get(user_id))
 
-    async def apply_change(self, snapshot: AuthorSnapshot) -> bool:
+    async def apply_change(self, snapshot: AuthorSnapshot) -> bool | None:
         """A profile changed: drop the old L1 entry and replace L2 only if ``snapshot`` is newer.
 
-        Returns True if L2 took the new snapshot.
+        Returns True if L2 took the new snapshot, False if it held a same-or-newer one (or there is
+        no L2), None if Redis could not be written: the write is then owed and replayed later.
         """
         self.l1.drop(snapshot.user_id, min_version=snapshot.version)
         # A lookup in flight may have read the old profile: later callers must not join it.
@@ -158,6 +159,7 @@ class LayeredCache:
         written = await self.l2.put_many([(snapshot.user_id, snapshot)])
         if written is None:
             self._owe(snapshot)
+            return None
         return written == 1
 
     def _owe(self, snapshot: AuthorSnapshot) -> None:

@@ -7,6 +7,7 @@ Failures never propagate: the cache degrades to L1 plus the source, behind a cir
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
 
@@ -83,6 +84,9 @@ class RedisLayer:
         except (RedisError, OSError) as exc:
             self._failed("MGET", exc)
             return {}
+        except asyncio.CancelledError:
+            self._breaker.abandon()  # a cancelled half-open trial must not keep L2 off for good
+            raise
         self._recovered()
         hits: dict[str, AuthorSnapshot | None] = {}
         for user_id, value in zip(user_ids, raw, strict=True):
@@ -117,6 +121,9 @@ class RedisLayer:
         except (RedisError, OSError) as exc:
             self._failed("set-if-newer", exc)
             return None
+        except asyncio.CancelledError:
+            self._breaker.abandon()
+            raise
         self._recovered()
         return int(written)
 

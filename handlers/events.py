@@ -101,8 +101,10 @@ def parse_profile_change(event: ChangeEvent) -> ProfileChange | None:
         # "avatar_url.x" style paths touch the top-level field too.
         if not {path.split(".", 1)[0] for path in touched} & DISPLAY_FIELDS:
             return None
-    elif event.op != "replace":
-        return None  # replace has no diff: assume it touched the display fields
+    elif event.op not in ("replace", "insert"):
+        return None
+    # A replace has no diff: assume it touched the display fields. An insert is a new profile:
+    # posts written before it (embedded with no snapshot) get theirs now.
     doc = event.full_document
     if doc is None:
         # updateLookup found nothing: the profile was deleted since; nothing to rewrite.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ class Publisher(Protocol):
 
 
 class FollowerGraph(Protocol):
-    def followers(self, user_id: str) -> AsyncIterator[str]:
+    def followers(self, user_id: str) -> AsyncGenerator[str, None]:
         """Stream the ids following ``user_id`` in ascending id order, without loading them all."""
         ...
 

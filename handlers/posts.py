@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,17 +132,19 @@ class PostCreatedHandler:
         # One chunk of look-ahead, so the last chunk can say it is last.
         ready: list[str] | None = None
         current: list[str] = []
-        async for follower in self._graph.followers(post.author_id):
-            if follower == post.author_id:
-                continue
-            current.append(follower)
-            if len(current) == self._chunk_size:
-                if ready is not None:
-                    await self._send(confirms, post, author, ready, index, last=False)
-                    index += 1
-                ready, current = current, []
-            if confirms.failed:
-                break  # the event will be retried whole; stop reading followers now
+        # aclosing: stopping early (a failed publish) closes the follower cursor at once.
+        async with contextlib.aclosing(self._graph.followers(post.author_id)) as followers:
+            async for follower in followers:
+                if follower == post.author_id:
+                    continue
+                current.append(follower)
+                if len(current) == self._chunk_size:
+                    if ready is not None:
+                        await self._send(confirms, post, author, ready, index, last=False)
+                        index += 1
+                    ready, current = current, []
+                if confirms.failed:
+                    break  # the event will be retried whole; stop reading followers now
         if not confirms.failed:
             if ready is not None:
                 await self._send(confirms, post, author, ready, index, last=not current)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import orjson
 
 from enrichment.cache import LayeredCache
+from enrichment.errors import ServiceUnavailable
 from enrichment.invalidation import InvalidationBus
 from enrichment.snapshot import AuthorSnapshot
 from handlers.events import ChangeEvent, parse_profile_change
@@ -70,11 +71,20 @@ class ProfileChangedHandler:
         return await collect(self.process, events)
 
     async def handle(self, snapshot: AuthorSnapshot) -> None:
-        """Cascade one display change. Idempotent: a replay changes nothing newer."""
-        if await self._cache.apply_change(snapshot):
+        """Cascade one display change. Idempotent: a replay changes nothing newer.
+
+        If Redis could not take the new snapshot, everything else is still done, then the event
+        fails as ServiceUnavailable: it is retried (and replayed after a restart) until Redis has
+        it, since Redis would otherwise serve the old snapshot until its TTL. The retries repeat
+        ``profile.updated`` under the same message_id, which consumers de-duplicate.
+        """
+        l2 = await self._cache.apply_change(snapshot)
+        if l2:
             self.stats.l2_replaced += 1
         await self._bus.publish(snapshot.user_id, snapshot.version)
         self.stats.posts_rewritten += await self._posts.rewrite_author_snapshot(snapshot)
         confirm = await self._publisher.send(profile_message(snapshot))
         await confirm
+        if l2 is None:
+            raise ServiceUnavailable(f"Redis did not take {snapshot.user_id} v{snapshot.version} yet")
         self.stats.changes += 1

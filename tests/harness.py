@@ -36,7 +36,13 @@ def settings(key_prefix: str = "t:", exchange: str = "test.fanout", **pipeline: 
             "redis": base.redis.model_copy(update={"key_prefix": key_prefix}),
             "rabbitmq": base.rabbitmq.model_copy(update={"exchange": exchange, "publish_window": 64}),
             "pipeline": base.pipeline.model_copy(
-                update={"checkpoint_interval_seconds": 0.05, "shutdown_deadline_seconds": 5, **pipeline}
+                update={
+                    "checkpoint_interval_seconds": 0.05,
+                    "shutdown_deadline_seconds": 5,
+                    # The world's setup writes right before start: a first start must not replay it.
+                    "first_start_lookback_seconds": 0,
+                    **pipeline,
+                }
             ),
         }
     )

@@ -113,6 +113,8 @@ async def run_demo(settings: Settings, workload: Workload, use_services: bool = 
         update={
             "redis": settings.redis.model_copy(update={"key_prefix": f"fanout-demo:{run_id}:"}),
             "rabbitmq": settings.rabbitmq.model_copy(update={"exchange": "social.fanout.demo"}),
+            # The generated graph is written just before start: it is setup, not workload.
+            "pipeline": settings.pipeline.model_copy(update={"first_start_lookback_seconds": 0}),
         }
     )
     db = MemoryDatabase()

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,8 +22,15 @@ from loguru import logger
 if TYPE_CHECKING:
     from loguru import Logger
 
-from enrichment.backoff import Backoff
-from enrichment.errors import Deposed, PermanentError, ServiceUnavailable, StreamFatal
+from enrichment.backoff import Backoff, wait_event
+from enrichment.errors import (
+    Deposed,
+    FanoutError,
+    PermanentError,
+    ServiceUnavailable,
+    StreamFatal,
+    TransientError,
+)
 from handlers.events import ChangeEvent, Token
 from handlers.ports import DeadLetters, Report
 from worker.ports import ChangeFeed, Checkpoint, CheckpointStore, Gap
@@ -31,8 +38,6 @@ from worker.settings import PipelineSettings
 from worker.watermark import Watermark
 
 _Item = tuple[int, ChangeEvent]
-# How far back the very first start reaches, to absorb clock skew between this host and MongoDB.
-FIRST_START_MARGIN = timedelta(seconds=5)
 
 
 def event_logger(event: ChangeEvent) -> Logger:
@@ -117,14 +122,10 @@ class StreamPipeline:
         Raises StreamFatal (policy "fail") and Deposed (a newer leader fenced our checkpoint).
         """
         self._stop = stop
-        checkpoint = await self._checkpoints.load(self.stream)
-        first_start = checkpoint is None
-        if checkpoint is None:
-            # Very first start: record "now" before opening, so a crash before the first token is
-            # saved replays from here instead of silently starting from a later "now".
-            now = datetime.now(UTC)
-            checkpoint = Checkpoint(self.stream, None, None, now, self.epoch, now - FIRST_START_MARGIN)
-            await self._checkpoints.save(checkpoint)
+        opened = await self._open_term(stop)
+        if opened is None:
+            return  # stopped while MongoDB was unreachable
+        checkpoint, first_start = opened
         self.checkpoint = checkpoint
         self.resumed_from = checkpoint.token
         self.watermark.token = checkpoint.token
@@ -143,25 +144,67 @@ class StreamPipeline:
         try:
             await self._read_loop(stop)
         finally:
-            await self._queue.put(None)
-            await self._drain(batcher)
-            saver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await saver
+            try:
+                await self._queue.put(None)
+                await self._drain(batcher)
+            finally:
+                # Even when cancelled mid-drain (a second signal), leave no task behind.
+                for task in (saver, batcher, *self._tasks):
+                    task.cancel()
+                await asyncio.gather(saver, batcher, *self._tasks, return_exceptions=True)
             if self.deposed is None:
-                with contextlib.suppress(Deposed):
+                try:
                     await self.save_checkpoint()
+                except Deposed:
+                    pass
+                except FanoutError as exc:  # MongoDB away: the next term replays from the last save
+                    logger.bind(stream=self.stream).warning("final checkpoint not saved: {}", exc)
         if self.deposed is not None:
             raise self.deposed
+
+    async def _open_term(self, stop: asyncio.Event) -> tuple[Checkpoint, bool] | None:
+        """Load the checkpoint (retrying while MongoDB is away) and claim it with this epoch.
+
+        Re-saving it at once fences a deposed leader off from the start of the term, not from the
+        first save, and on a very first start records "now" before the stream opens, so a crash
+        before the first token is saved replays from here instead of a later "now".
+        """
+        backoff = Backoff(0.2, self._cfg.retry_max_seconds)
+        while not stop.is_set():
+            try:
+                checkpoint = await self._checkpoints.load(self.stream)
+                first_start = checkpoint is None
+                now = datetime.now(UTC)
+                if checkpoint is None:
+                    start = now - timedelta(seconds=self._cfg.first_start_lookback_seconds)
+                    checkpoint = Checkpoint(self.stream, None, None, now, self.epoch, start)
+                if first_start or checkpoint.epoch < self.epoch:
+                    checkpoint = replace(checkpoint, epoch=self.epoch)  # saved_at stays: its age is real
+                    await self._checkpoints.save(checkpoint)
+                return checkpoint, first_start
+            except TransientError as exc:
+                delay = backoff.next_delay()
+                logger.bind(stream=self.stream).warning(
+                    "stream {}: cannot load its checkpoint ({}); retrying in {:.1f}s", self.stream, exc, delay
+                )
+                await wait_event(stop, delay)
+        return None
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(0.2, self._cfg.retry_max_seconds)
         resume = self.resumed_from
         # An operator reset to a time: used for the first open only, tokens take over after.
         start_at = self.checkpoint.start_at if self.checkpoint is not None and resume is None else None
+        lost: StreamFatal | None = None  # history lost and policy resume-from-now: a gap to record
         while not stop.is_set():
             try:
                 async with self._feed.open(resume, start_at) as cursor:
+                    if lost is not None:
+                        # Recorded once the new stream is open, so its end covers everything up to
+                        # where reading resumes, and before anything after it is processed.
+                        if not await self._record_gap(lost, stop):
+                            return  # stopping: the checkpoint never passed the gap
+                        lost = None
                     while not stop.is_set():
                         # Never wrap try_next in a timeout: cancelling it closes the stream.
                         event = await cursor.try_next()
@@ -173,13 +216,18 @@ class StreamPipeline:
                             self.stats.idle_polls += 1
                             self.watermark.idle(cursor.resume_token)
                             continue
-                        await self._slots.acquire()
+                        if not await self._take_slot(stop):
+                            break  # stopping: this event was not begun, so it will be replayed
                         seq = self.watermark.begin(event.token, event.cluster_time)
                         self.stats.read += 1
                         self.stats.count(event.op, "read")
                         self._queue.put_nowait((seq, event))
             except StreamFatal as exc:
-                resume = await self._on_fatal(exc)
+                self._describe(exc)
+                if self._cfg.on_history_lost == "fail":
+                    raise
+                # From now: neither the token nor a time before the fatal event can be used again.
+                lost, resume, start_at = exc, None, None
             except ServiceUnavailable as exc:
                 # Errors the driver could not resume by itself: reopen after the last event read.
                 self.stats.reopens += 1
@@ -187,35 +235,45 @@ class StreamPipeline:
                 logger.bind(stream=self.stream).warning(
                     "stream {} failed ({}); reopening in {:.1f}s", self.stream, exc, delay
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                await wait_event(stop, delay)
 
-    async def _on_fatal(self, exc: StreamFatal) -> Token | None:
-        """History lost, fatal or invalidate: fail loudly, or record the gap and go on from now."""
+    async def _take_slot(self, stop: asyncio.Event) -> bool:
+        """Wait for room in flight, but give up as soon as the pipeline is told to stop."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.25):
+                    await self._slots.acquire()
+                    return True
+        return False
+
+    def _describe(self, exc: StreamFatal) -> None:
+        """Attach the checkpoint's times for the operator's log line."""
         cp = self.checkpoint
         exc.checkpoint_saved_at = cp.saved_at if cp is not None else None
         exc.checkpoint_event_time = self.watermark.event_time or (cp.event_time if cp else None)
-        if self._cfg.on_history_lost == "fail":
-            raise exc
+
+    async def _record_gap(self, exc: StreamFatal, stop: asyncio.Event) -> bool:
+        """Durably record the skipped window; False if told to stop before it was stored."""
         gap = Gap(self.stream, exc.checkpoint_event_time, datetime.now(UTC), exc.reason)
         backoff = Backoff(0.2, self._cfg.retry_max_seconds)
-        while True:  # the gap must be on record before anything after it is processed
+        while not stop.is_set():
             try:
                 await self._checkpoints.record_gap(gap)
-                break
             except Exception as err:
                 logger.warning("could not record the gap ({}); retrying", type(err).__name__)
-                await asyncio.sleep(backoff.next_delay())
-        self.stats.gaps += 1
-        logger.bind(stream=self.stream).error(
-            "stream {}: {}; resuming from now (on_history_lost = resume-from-now). Events from {} to {} "
-            "were NOT processed; the gap is recorded in the gaps collection for a backfill",
-            self.stream,
-            exc.reason,
-            gap.start.isoformat() if gap.start else "an unknown time",
-            gap.end.isoformat(),
-        )
-        return None
+                await wait_event(stop, backoff.next_delay())
+                continue
+            self.stats.gaps += 1
+            logger.bind(stream=self.stream).error(
+                "stream {}: {}; resuming from now (on_history_lost = resume-from-now). Events from {} "
+                "to {} were NOT processed; the gap is recorded in the gaps collection for a backfill",
+                self.stream,
+                exc.reason,
+                gap.start.isoformat() if gap.start else "an unknown time",
+                gap.end.isoformat(),
+            )
+            return True
+        return False
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -230,11 +288,11 @@ class StreamPipeline:
             while len(batch) < self._cfg.batch_max_events:
                 remaining = deadline - loop.time()
                 try:
-                    item = (
-                        self._queue.get_nowait()
-                        if remaining <= 0
-                        else await asyncio.wait_for(self._queue.get(), remaining)
-                    )
+                    if remaining <= 0:
+                        item = self._queue.get_nowait()
+                    else:
+                        async with asyncio.timeout(remaining):
+                            item = await self._queue.get()
                 except (TimeoutError, asyncio.QueueEmpty):
                     break
                 if item is None:
@@ -257,28 +315,32 @@ class StreamPipeline:
             retry: list[_Item] = []
             for i, error in sorted(failed.items()):
                 item = pending[i]
-                if not isinstance(error, PermanentError) and attempt < self._cfg.max_attempts:
-                    event_logger(item[1]).warning(
-                        "event failed (attempt {} of {}): {}: {}",
-                        attempt,
-                        self._cfg.max_attempts,
-                        type(error).__name__,
-                        error,
-                    )
+                # A dependency that is away (MongoDB, Redis) is waited out, never charged to the
+                # event: dead-lettering healthy events during an outage would skip them for good.
+                waiting_out = isinstance(error, ServiceUnavailable)
                 if isinstance(error, PermanentError):
                     await self._dead_letter(item, f"{type(error).__name__}: {error}")
-                elif attempt >= self._cfg.max_attempts:
+                elif attempt >= self._cfg.max_attempts and not waiting_out:
                     await self._dead_letter(
                         item, f"gave up after {attempt} attempts: {type(error).__name__}: {error}"
                     )
                 else:
+                    event_logger(item[1]).log(
+                        "DEBUG" if waiting_out else "WARNING",
+                        "event failed (attempt {}): {}: {}",
+                        attempt,
+                        type(error).__name__,
+                        error,
+                    )
                     retry.append(item)
             if retry:
                 self.stats.retries += len(retry)
                 for _, event in retry:
                     self.stats.count(event.op, "retried")
                 delay = backoff.next_delay()
-                logger.bind(stream=self.stream).info("retrying {} event(s) in {:.2f}s", len(retry), delay)
+                logger.bind(stream=self.stream).warning(
+                    "retrying {} event(s) in {:.2f}s: {}", len(retry), delay, next(iter(failed.values()))
+                )
                 await asyncio.sleep(delay)
             pending = retry
             attempt += 1
@@ -348,7 +410,8 @@ class StreamPipeline:
         for task in leftover:
             task.cancel()
         if leftover:
-            await asyncio.wait(leftover)
+            # Bounded too: a task that swallowed its cancellation must not hold the shutdown.
+            await asyncio.wait(leftover, timeout=5)
 
     async def _save_loop(self) -> None:
         while True:

@@ -8,7 +8,6 @@ checkpoint. A leader that cannot renew stops processing before its lease can exp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
+from enrichment.backoff import wait_event
 from enrichment.errors import FanoutError
 from worker.ports import Lease, LeaseStore
 from worker.settings import LeaderSettings
@@ -47,8 +47,9 @@ class Leadership:
         announced = False
         while not stop.is_set():
             try:
-                lease = await self._store.acquire(self.owner, self._cfg.ttl_seconds)
-            except FanoutError as exc:
+                async with asyncio.timeout(self._cfg.ttl_seconds):
+                    lease = await self._store.acquire(self.owner, self._cfg.ttl_seconds)
+            except (FanoutError, TimeoutError) as exc:
                 logger.warning("lease store unavailable ({}); still standby", exc)
                 lease = None
             if lease is not None:
@@ -61,8 +62,7 @@ class Leadership:
             if not announced:
                 logger.info("standby: another worker holds the lease")
                 announced = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._cfg.renew_interval_seconds)
+            await wait_event(stop, self._cfg.renew_interval_seconds)
         return None
 
     async def hold(self, lease: Lease, lost: Callable[[str], None]) -> None:
@@ -81,9 +81,11 @@ class Leadership:
                 return
             started = self._clock()
             try:
-                renewed = await self._store.renew(lease, self._cfg.ttl_seconds)
-            except FanoutError as exc:
-                logger.warning("lease renewal failed ({}); retrying until the local deadline", exc)
+                # Bounded by the local deadline: a black-holed store must not keep us leading.
+                async with asyncio.timeout(max(0.0, deadline - started)):
+                    renewed = await self._store.renew(lease, self._cfg.ttl_seconds)
+            except (FanoutError, TimeoutError) as exc:
+                logger.warning("lease renewal failed ({!r}); retrying until the local deadline", exc)
                 continue
             if renewed is None:
                 self._demote()

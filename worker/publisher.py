@@ -190,7 +190,8 @@ class RabbitPublisher:
         self._exchange = None
         if connection is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    await connection.close()
 
     async def close(self, drain_seconds: float = 0.0) -> None:
         """Wait up to ``drain_seconds`` for confirms in flight, cancel the rest, disconnect."""

@@ -97,6 +97,8 @@ class Worker:
         """One leadership term: run the pipelines until stop, a lost lease, or a fatal error."""
         self.epoch = lease.epoch if lease is not None else 0
         self.terms += 1
+        # While standing by, invalidations may have been missed: start the term with an empty L1.
+        self.runtime.cache.l1.clear()
         term_stop = asyncio.Event()
         pipelines = self.pipelines = self._pipelines(self.epoch)
 
@@ -123,6 +125,7 @@ class Worker:
                 elif isinstance(result, BaseException):
                     raise result
         finally:
+            term_stop.set()  # readers exit at their next step even if a cancellation is lost
             for task in (*tasks, *helpers):
                 task.cancel()
             await asyncio.gather(*tasks, *helpers, return_exceptions=True)

@@ -86,6 +86,7 @@ class PipelineSettings(_Section):
     checkpoint_interval_seconds: float = Field(1.0, gt=0)
     shutdown_deadline_seconds: float = Field(30.0, gt=0)
     on_history_lost: Literal["fail", "resume-from-now"] = "fail"
+    first_start_lookback_seconds: float = Field(5.0, ge=0, le=3600)
 
 
 class LeaderSettings(_Section):

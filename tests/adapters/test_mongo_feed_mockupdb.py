@@ -22,6 +22,7 @@ from enrichment.errors import ServiceUnavailable, StreamFatal
 from handlers.events import ChangeEvent
 from tests.adapters.mockup_helpers import HANGUP, ChangeStreamServer, Fault, ServerError
 from worker.adapters.mongo_feed import MongoChangeCursor, MongoChangeFeed
+from worker.app import PROFILE_OPS
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -55,7 +56,7 @@ def posts_feed(client: Client) -> MongoChangeFeed:
 
 
 def profiles_feed(client: Client) -> MongoChangeFeed:
-    return MongoChangeFeed(client["social"]["profiles"], "profiles", ("update", "replace"), True, 50, 100)
+    return MongoChangeFeed(client["social"]["profiles"], "profiles", PROFILE_OPS, True, 50, 100)
 
 
 def key(event: ChangeEvent | None) -> Any:
@@ -144,7 +145,7 @@ async def test_profiles_feed_asks_for_update_lookup(mongo: ChangeStreamServer, c
     stage = change_stream_stage(agg)
     assert stage["resumeAfter"] == u1["_id"]
     assert stage["fullDocument"] == "updateLookup"
-    assert agg["pipeline"][1:] == [{"$match": {"operationType": {"$in": ["update", "replace"]}}}]
+    assert agg["pipeline"][1:] == [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}]
 
 
 async def test_without_a_checkpoint_the_stream_starts_from_now(

@@ -188,6 +188,13 @@ def test_a_replace_is_a_change() -> None:
     assert change.snapshot.version == 9
 
 
+def test_a_new_profile_is_a_change_so_earlier_posts_get_their_snapshot() -> None:
+    ev = event("profiles", operationType="insert", fullDocument=profile(version=1))
+    change = parse_profile_change(ev)
+    assert change is not None
+    assert change.snapshot.version == 1
+
+
 @pytest.mark.parametrize("op", ["update", "replace"])
 def test_a_change_whose_lookup_found_nothing_is_ignored(op: str) -> None:
     ev = event(
@@ -199,7 +206,7 @@ def test_a_change_whose_lookup_found_nothing_is_ignored(op: str) -> None:
     assert parse_profile_change(ev) is None
 
 
-@pytest.mark.parametrize("op", ["insert", "delete", "drop"])
+@pytest.mark.parametrize("op", ["delete", "drop"])
 def test_other_operations_are_ignored(op: str) -> None:
     assert parse_profile_change(event("profiles", operationType=op, fullDocument=profile())) is None
 

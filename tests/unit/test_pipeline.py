@@ -190,3 +190,71 @@ async def test_a_crash_before_the_first_token_is_saved_still_replays() -> None:
     await wait_for(lambda: {m.correlation_id for m in second.messages} == {"p0", "p1"}, what="replay")
     worker2.stop.set()
     await task2
+
+
+async def test_a_dependency_outage_is_waited_out_not_dead_lettered() -> None:
+    # Given a profile source that is unreachable for longer than max_attempts retries take
+    from enrichment.errors import ServiceUnavailable
+
+    world = _world()
+    down = {"calls": 0}
+    fetch = world.source.fetch_many
+
+    async def flaky(user_ids):  # type: ignore[no-untyped-def]
+        down["calls"] += 1
+        if down["calls"] <= 6:
+            raise ServiceUnavailable("MongoDB is away")
+        return await fetch(user_ids)
+
+    world.source.fetch_many = flaky  # type: ignore[method-assign]
+    publisher = MemoryPublisher()
+    cfg = settings(max_attempts=2, retry_max_seconds=0.02)
+    worker, task = await start(world.runtime(cfg, None, publisher))
+    world.post("p0", "u0")
+    posts = next(p for p in worker.pipelines if p.stream == "posts")
+    await wait_for(lambda: posts.stats.handled == 1, what="p0 once MongoDB is back")
+    worker.stop.set()
+    await task
+    # Then it was retried past max_attempts and delivered, never dead-lettered
+    assert down["calls"] > 2
+    assert world.dead.items == []
+    assert [m.correlation_id for m in publisher.messages] == ["p0"]
+
+
+async def test_stop_ends_the_pipeline_even_when_in_flight_work_is_full_and_stuck() -> None:
+    # Given publishes that are never confirmed and an in-flight bound that fills up
+    world = _world()
+    publisher = GatedPublisher()
+    publisher.hold = {f"p{i}" for i in range(10)}
+    cfg = settings(max_in_flight_events=3, shutdown_deadline_seconds=0.5)
+    worker, task = await start(world.runtime(cfg, None, publisher))
+    for i in range(10):
+        world.post(f"p{i}", f"u{i % 3}")
+    posts = next(p for p in worker.pipelines if p.stream == "posts")
+    await wait_for(lambda: posts.in_flight == 3, what="the in-flight bound to fill")
+    checkpoint = world.checkpoints.saved["posts"]
+
+    # When asked to stop, it ends within the deadline, and the checkpoint did not move past them
+    worker.stop.set()
+    await asyncio.wait_for(task, 5)
+    assert world.checkpoints.saved["posts"].token == checkpoint.token
+
+
+async def test_a_profile_that_appears_later_fills_the_earlier_posts() -> None:
+    world = World()
+    world.graph.set_followers("late", ["f1"])
+    publisher = MemoryPublisher()
+    worker, task = await start(world.runtime(settings(), None, publisher))
+    world.post("p0", "late")  # no profile yet: fanned out with author null
+    posts = next(p for p in worker.pipelines if p.stream == "posts")
+    await wait_for(lambda: posts.stats.handled == 1, what="p0")
+    assert "author_snapshot" not in world.db.collection("posts")["p0"]
+
+    world.add_user("late")
+    await wait_for(
+        lambda: world.db.collection("posts")["p0"].get("author_snapshot", {}).get("version") == 1,
+        what="the new profile's cascade",
+    )
+    worker.stop.set()
+    await task
+    assert [m.routing_key for m in publisher.messages] == ["post.created", "profile.updated"]

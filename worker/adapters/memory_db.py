@@ -10,13 +10,13 @@ MongoDB's error 286. There are no queries, indexes, transactions or durability a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import Timestamp
 
+from enrichment.backoff import wait_event
 from enrichment.errors import StreamFatal
 
 Doc = dict[str, Any]
@@ -131,5 +131,4 @@ class MemoryDatabase:
     async def wait_for_change(self, max_wait: float) -> None:
         if self._changed is None:
             self._changed = asyncio.Event()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), max_wait)
+        await wait_event(self._changed, max_wait)

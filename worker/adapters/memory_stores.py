@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -63,7 +63,7 @@ class MemoryFollowerGraph:
     def count(self, followee_id: str) -> int:
         return len(self._followers.get(followee_id, ()))
 
-    async def followers(self, user_id: str) -> AsyncIterator[str]:
+    async def followers(self, user_id: str) -> AsyncGenerator[str, None]:
         followers = self._followers.get(user_id, [])
         for start in range(0, len(followers), self._page):
             # Yield to the loop between pages, like a cursor's getMore would.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -60,7 +60,7 @@ class MongoFollowerGraph:
         self._follows = follows
         self._batch_size = batch_size
 
-    async def followers(self, user_id: str) -> AsyncIterator[str]:
+    async def followers(self, user_id: str) -> AsyncGenerator[str, None]:
         cursor = (
             self._follows.find({"followee_id": user_id}, {"follower_id": 1, "_id": 0})
             .sort("follower_id", 1)
