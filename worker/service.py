@@ -32,6 +32,7 @@ class Worker:
         self.pipelines: list[StreamPipeline] = []
         self.ready_checks = runtime.checks
         self._stats = {name: StreamStats() for name in runtime.feeds}
+        self.hard_stop = False  # a second signal: close without waiting for confirms
 
     @property
     def role(self) -> str:
@@ -62,6 +63,7 @@ class Worker:
         def on_signal(signum: int) -> None:
             if self.stop.is_set() and main is not None:
                 logger.warning("second {} signal: exiting without draining", signal.Signals(signum).name)
+                self.hard_stop = True
                 main.cancel()
                 return
             logger.info("{} received: stopping", signal.Signals(signum).name)
@@ -135,7 +137,8 @@ class Worker:
         term_stop.set()
 
     async def close(self) -> None:
-        await self.runtime.publisher.close(self.runtime.settings.pipeline.shutdown_deadline_seconds)
+        drain = 0.0 if self.hard_stop else self.runtime.settings.pipeline.shutdown_deadline_seconds
+        await self.runtime.publisher.close(drain)
         for close in reversed(self.runtime.closers):
             try:
                 await close()
