@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -57,8 +58,11 @@ class _JsonLines:
             "logger": record["name"],
         }
         line.update({k: v for k, v in record["extra"].items() if k not in line})
-        if record["exception"] is not None and record["exception"].type is not None:
-            line["error"] = record["exception"].type.__name__
+        exc = record["exception"]
+        if exc is not None and exc.type is not None:
+            line["error"] = exc.type.__name__
+            trace = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
+            line["traceback"] = redact(trace)
         self._out.write(orjson.dumps(line, default=str).decode() + "\n")
         self._out.flush()
 
