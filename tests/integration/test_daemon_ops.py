@@ -6,7 +6,6 @@ MongoDB is WireMongo, a wire-protocol test stand-in (not MongoDB); Redis and Rab
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.daemon import worker_env
 from tests.support.wire_mongo import WireMongo
 
 BIN = Path(sys.executable).with_name("fanout-worker")
@@ -30,19 +30,7 @@ def wire() -> Iterator[WireMongo]:
 
 
 def _env(wm: WireMongo, unique: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
-    env.update(
-        FANOUT_MONGO__URI=wm.uri,
-        FANOUT_LOG__FORMAT="json",
-        FANOUT_RABBITMQ__EXCHANGE=f"test.ops.{unique}",
-        FANOUT_REDIS__KEY_PREFIX=f"t{unique}:",
-        FANOUT_TOPOLOGY__DECLARE="false",
-        FANOUT_MONGO__MAX_AWAIT_TIME_MS="100",
-        FANOUT_LEADER__TTL_SECONDS="3",
-        FANOUT_LEADER__RENEW_INTERVAL_SECONDS="1",
-        **extra,
-    )
-    return env
+    return worker_env(wm, f"test.ops.{unique}", f"t{unique}:", **extra)
 
 
 def _free_port() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.daemon import worker_env
 from tests.support.wire_mongo import WireMongo
 
 BIN = Path(sys.executable).with_name("fanout-worker")
@@ -24,15 +24,12 @@ def wire() -> Iterator[WireMongo]:
 
 
 def _start(wm: WireMongo, unique: str, **extra: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
-    env.update(
-        FANOUT_MONGO__URI=wm.uri,
+    env = worker_env(
+        wm,
+        f"test.sig.{unique}",
+        f"t{unique}:",
         FANOUT_LOG__FORMAT="text",
-        FANOUT_RABBITMQ__EXCHANGE=f"test.sig.{unique}",
-        FANOUT_REDIS__KEY_PREFIX=f"t{unique}:",
-        FANOUT_TOPOLOGY__DECLARE="false",
         FANOUT_HEALTH__ENABLED="false",
-        FANOUT_MONGO__MAX_AWAIT_TIME_MS="100",
         **extra,
     )
     return subprocess.Popen([str(BIN), "run", "--config", "config.toml"], env=env, stderr=subprocess.PIPE)
