@@ -258,3 +258,23 @@ async def test_a_profile_that_appears_later_fills_the_earlier_posts() -> None:
     worker.stop.set()
     await task
     assert [m.routing_key for m in publisher.messages] == ["post.created", "profile.updated"]
+
+
+async def test_the_periodic_summary_reports_rates_cache_hits_and_in_flight() -> None:
+    from worker.summary import _totals, summary_line
+
+    world = _world()
+    worker, task = await start(world.runtime(settings(), None, MemoryPublisher()))
+    before = _totals(worker)
+    for i in range(6):
+        world.post(f"p{i}", f"u{i % 3}")
+    posts = next(p for p in worker.pipelines if p.stream == "posts")
+    await wait_for(lambda: posts.stats.handled == 6, what="six posts")
+    line = summary_line(worker, before, _totals(worker))
+    worker.stop.set()
+    await task
+    assert line.startswith("summary: leader epoch 0 | ")
+    assert "posts/s" in line
+    assert "msg/s" in line
+    assert "cache hit" in line
+    assert "in flight 0 events" in line
