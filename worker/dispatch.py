@@ -1,9 +1,10 @@
 """One stream's pipeline: read → micro-batch → handle concurrently → checkpoint the contiguous end.
 
 Work in flight is bounded by ``max_in_flight_events``: when it is all taken, the reader stops
-pulling from the change stream, which is the backpressure. Transient failures are retried with
-capped, jittered backoff; permanent ones, and transient ones that exhaust their attempts, go to
-the dead letters with the reason, and the stream moves on.
+pulling from the change stream, which is the backpressure. Failures are retried with capped,
+jittered backoff: a dependency that is away for as long as it takes, other transient errors up to
+``max_attempts``; permanent ones, and those out of attempts, go to the dead letters with the
+reason, and the stream moves on.
 """
 
 from __future__ import annotations
@@ -11,16 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from loguru import logger
-
-if TYPE_CHECKING:
-    from loguru import Logger
 
 from enrichment.backoff import Backoff, wait_event
 from enrichment.errors import (
@@ -33,6 +30,7 @@ from enrichment.errors import (
 )
 from handlers.events import ChangeEvent, Token
 from handlers.ports import DeadLetters, Report
+from worker.eventlog import StreamStats, event_logger
 from worker.ports import ChangeFeed, Checkpoint, CheckpointStore, Gap
 from worker.settings import PipelineSettings
 from worker.watermark import Watermark
@@ -40,37 +38,10 @@ from worker.watermark import Watermark
 _Item = tuple[int, ChangeEvent]
 
 
-def event_logger(event: ChangeEvent) -> Logger:
-    """A logger bound with the event's stream, operation, document id and token."""
-    key = event.raw.get("documentKey")
-    doc_id = str(key.get("_id")) if isinstance(key, dict) else None
-    id_field = "post_id" if event.stream == "posts" else "user_id"
-    token = event.token.get("_data", event.token) if isinstance(event.token, dict) else event.token
-    return logger.bind(stream=event.stream, op=event.op, token=str(token), **{id_field: doc_id})
-
-
 class EventHandler(Protocol):
     async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
         """Handle a batch; call ``report(i, None | error)`` once per event as soon as it is done."""
         ...
-
-
-@dataclass(slots=True)
-class StreamStats:
-    read: int = 0
-    handled: int = 0
-    dead_lettered: int = 0
-    retries: int = 0
-    batches: int = 0
-    idle_polls: int = 0
-    checkpoints_saved: int = 0
-    reopens: int = 0
-    gaps: int = 0
-    # (operationType, outcome) → count, outcome in read | handled | dead_lettered | retried
-    by_type: Counter[tuple[str, str]] = field(default_factory=Counter)
-
-    def count(self, op: str, outcome: str, n: int = 1) -> None:
-        self.by_type[(op, outcome)] += n
 
 
 class StreamPipeline:

@@ -15,7 +15,8 @@ from loguru import logger
 
 from enrichment.errors import Deposed
 from worker.app import POSTS_STREAM, PROFILES_STREAM, Runtime
-from worker.dispatch import EventHandler, StreamPipeline, StreamStats
+from worker.dispatch import EventHandler, StreamPipeline
+from worker.eventlog import StreamStats
 from worker.leader import Leadership
 from worker.ports import Lease
 

@@ -11,7 +11,7 @@ import pytest
 from loguru import logger
 
 from handlers.events import ChangeEvent
-from worker.dispatch import event_logger
+from worker.eventlog import event_logger
 from worker.logs import configure
 
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from enrichment.cache import CacheStats
 from handlers.posts import PostStats
 from handlers.profiles import ProfileStats
-from worker.dispatch import StreamStats
+from worker.eventlog import StreamStats
 from worker.health import HealthServer, status_line, worker_progress
 from worker.metrics import CONTENT_TYPE, WorkerCollector, build_registry, render
 from worker.publisher import PublishStats
