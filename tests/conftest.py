@@ -5,9 +5,10 @@ A missing service FAILS the test (locally and in CI); ``make test`` starts them 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -57,3 +58,20 @@ async def collector(exchange: str) -> AsyncIterator[Collector]:
         pytest.fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({exc!r}); run scripts/ensure-services.sh")
     yield c
     await c.close()
+
+
+async def _delete_exchange(name: str) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(AMQP_URL, timeout=5)
+    channel = await connection.channel()
+    await channel.exchange_delete(name)
+    await connection.close()
+
+
+@pytest.fixture
+def daemon_exchange(unique: str) -> Iterator[str]:
+    """An exchange for a real daemon process to declare; deleted afterwards (sync tests)."""
+    name = f"test.daemon.{unique}"
+    yield name
+    asyncio.run(_delete_exchange(name))

@@ -29,8 +29,8 @@ def wire() -> Iterator[WireMongo]:
         yield wm
 
 
-def _env(wm: WireMongo, unique: str, **extra: str) -> dict[str, str]:
-    return worker_env(wm, f"test.ops.{unique}", f"t{unique}:", **extra)
+def _env(wm: WireMongo, unique: str, exchange: str = "", **extra: str) -> dict[str, str]:
+    return worker_env(wm, exchange or f"test.ops.{unique}", f"t{unique}:", **extra)
 
 
 def _free_port() -> int:
@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 @pytest.mark.timeout(60)
 def test_daemon_speaks_sd_notify_and_serves_health_and_metrics(
-    wire: WireMongo, unique: str, tmp_path: Path
+    wire: WireMongo, unique: str, tmp_path: Path, daemon_exchange: str
 ) -> None:
     # Given a systemd-like notify socket and a free health port
     sock_path = tmp_path / "notify.sock"
@@ -52,6 +52,7 @@ def test_daemon_speaks_sd_notify_and_serves_health_and_metrics(
     env = _env(
         wire,
         unique,
+        daemon_exchange,
         NOTIFY_SOCKET=str(sock_path),
         WATCHDOG_USEC="400000",
         FANOUT_HEALTH__HOST="127.0.0.1",

@@ -23,10 +23,10 @@ def wire() -> Iterator[WireMongo]:
         yield wm
 
 
-def _start(wm: WireMongo, unique: str, **extra: str) -> subprocess.Popen[bytes]:
+def _start(wm: WireMongo, unique: str, exchange: str, **extra: str) -> subprocess.Popen[bytes]:
     env = worker_env(
         wm,
-        f"test.sig.{unique}",
+        exchange,
         f"t{unique}:",
         FANOUT_LOG__FORMAT="text",
         FANOUT_HEALTH__ENABLED="false",
@@ -46,8 +46,8 @@ def _wait_for_line(proc: subprocess.Popen[bytes], text: str, timeout: float = 15
 
 
 @pytest.mark.timeout(60)
-def test_sigterm_saves_checkpoints_and_exits_0(wire: WireMongo, unique: str) -> None:
-    proc = _start(wire, unique)
+def test_sigterm_saves_checkpoints_and_exits_0(wire: WireMongo, unique: str, daemon_exchange: str) -> None:
+    proc = _start(wire, unique, daemon_exchange)
     try:
         _wait_for_line(proc, "stream profiles starting")
         proc.send_signal(signal.SIGTERM)
@@ -65,13 +65,15 @@ def test_sigterm_saves_checkpoints_and_exits_0(wire: WireMongo, unique: str) -> 
 
 
 @pytest.mark.timeout(60)
-def test_second_signal_exits_at_once_while_a_drain_is_stuck(wire: WireMongo, unique: str) -> None:
+def test_second_signal_exits_at_once_while_a_drain_is_stuck(
+    wire: WireMongo, unique: str, daemon_exchange: str
+) -> None:
     # Given a worker whose posts cannot be published (no queue would confirm... the broker is
     # unreachable), so a graceful drain would wait out the whole 30 s deadline
     db = wire.db("social")
     db.insert("profiles", {"_id": "u1", "username": "u1", "display_name": "U", "version": 1})
     db.insert("follows", {"follower_id": "f1", "followee_id": "u1"})
-    proc = _start(wire, unique, FANOUT_PIPELINE__SHUTDOWN_DEADLINE_SECONDS="30")
+    proc = _start(wire, unique, daemon_exchange, FANOUT_PIPELINE__SHUTDOWN_DEADLINE_SECONDS="30")
     try:
         _wait_for_line(proc, "stream profiles starting")
         # cut RabbitMQ off for this worker by blocking its publishes: stop it from confirming
