@@ -44,7 +44,6 @@ PROFILE_OPS = ("insert", "update", "replace")
 
 class ManagedPublisher(Publisher, Protocol):
     stats: PublishStats
-    window: int
 
     @property
     def in_flight(self) -> int: ...

@@ -49,7 +49,6 @@ class RabbitPublisher:
         self._exchange_name = exchange
         self._timeout = confirm_timeout_seconds
         self._slots = asyncio.Semaphore(window)
-        self.window = window
         self._backoff = Backoff(0.2, reconnect_max_seconds)
         self._lock = asyncio.Lock()
         self._connection: AbstractConnection | None = None
@@ -217,7 +216,6 @@ class MemoryPublisher:
         self._keep = keep
         self.messages: list[OutgoingMessage] = []
         self.stats = PublishStats()
-        self.window = window
         self.in_flight = 0
 
     async def connect(self) -> None:

@@ -261,6 +261,12 @@ def token_position(token: Mapping[str, Any]) -> str:
     return data
 
 
+def checkpoint_past(wm: WireMongo, position: str, stream: str = "posts") -> bool:
+    """The stream's checkpoint holds a token at or after ``position`` (tokens sort in log order)."""
+    cp = checkpoint(wm, stream)
+    return cp is not None and bool(cp.get("token")) and cp["token"]["_data"] >= position
+
+
 async def wait_until(cond: Callable[[], object], timeout: float, what: str) -> None:
     """Poll ``cond`` until it is truthy, without blocking the event loop (the collector needs it)."""
     deadline = time.monotonic() + timeout

@@ -29,6 +29,7 @@ from tests.faults.daemon import (
     Daemon,
     Daemons,
     checkpoint,
+    checkpoint_past,
     insert_positions,
     seed_authors,
     wait_until,
@@ -233,7 +234,7 @@ async def run_until_checkpointed(
     await delivered(collector, expected(posts))
     last = insert_positions(wm)[posts[-1]]
     await wait_until(
-        lambda: (cp := checkpoint(wm)) is not None and bool(cp.get("token")) and cp["token"]["_data"] >= last,
+        lambda: checkpoint_past(wm, last),
         5,
         "the checkpoint to pass the posts",
     )
@@ -395,7 +396,7 @@ async def test_invalidate_follows_the_history_lost_policy(
     await delivered(collector, expected(posts))
     last = insert_positions(wm)[posts[-1]]
     await wait_until(
-        lambda: (cp := checkpoint(wm)) is not None and bool(cp.get("token")) and cp["token"]["_data"] >= last,
+        lambda: checkpoint_past(wm, last),
         5,
         "the checkpoint to pass the posts",
     )

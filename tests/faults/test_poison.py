@@ -20,6 +20,7 @@ from tests.faults.daemon import (
     AggregateRecorder,
     Daemons,
     checkpoint,
+    checkpoint_past,
     insert_positions,
     seed_authors,
     wait_until,
@@ -103,7 +104,7 @@ async def test_poison_posts_are_dead_lettered_and_the_stream_moves_past_them(
     await wait_until(lambda: len(social.find(DEAD_LETTERS)) >= len(bad_docs), 10, "the dead letters")
     last = max(insert_positions(wm).values())
     await wait_until(
-        lambda: (cp := checkpoint(wm)) is not None and bool(cp.get("token")) and cp["token"]["_data"] >= last,
+        lambda: checkpoint_past(wm, last),
         5,
         "the checkpoint to pass every post",
     )
