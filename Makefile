@@ -9,12 +9,12 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make demo   - install, then run the whole pipeline on the in-memory MongoDB stand-in"
 	@echo "make test   - install, start Redis/RabbitMQ if needed, then ruff, mypy and pytest (what CI runs)"
-	@echo "make bench  - benchmarks (throughput, batching, memory)"
+	@echo "make bench  - benchmarks against the broker ceiling and a naive baseline (real Redis and RabbitMQ)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -39,10 +39,10 @@ pytest: venv services
 test: lint typecheck pytest bench-smoke
 
 bench: venv services
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m bench
 
-bench-smoke: venv
-	$(BIN)/python -m benchmarks.run --smoke
+bench-smoke: venv services
+	$(BIN)/python -m bench --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,224 @@
+"""fanout-worker benchmarks: the worker side by side with the broker's ceiling and a naive baseline.
+
+    make bench                      # full run, about 5 minutes; exits 1 when a target is missed
+    python -m bench --smoke         # seconds-long: proves the harness works (CI), no targets
+
+Real Redis and RabbitMQ on 127.0.0.1; the MongoDB side is the in-memory stand-in (NOT MongoDB), so
+what is timed is the worker and the brokers. Results go to bench/results/ (JSON and a PNG chart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from loguru import logger
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench import references, report, scenarios
+from bench.graph import GraphSpec, SocialGraph
+from bench.peer import Peer
+from bench.rig import Rig
+from bench.scenarios import SWEEP_FOLLOWERS, Sizes
+from worker.settings import Settings
+
+RESULTS = Path(__file__).parent / "results"
+
+SMOKE = Sizes(
+    posts=300,
+    warmup_posts=50,
+    half_load_seconds=1.0,
+    storm_users=20,
+    storm_posts_per_user=5,
+    sweep_messages=20,
+    naive_messages=40,
+    ceiling_messages=300,
+    celebrity=(2_000, 20_000),
+)
+SMOKE_GRAPH = GraphSpec(users=500, max_followers=2_000)
+
+
+class Phases:
+    """One progress bar per phase."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def start(self, name: str, total: int) -> Any:
+        task = self._progress.add_task(name, total=total)
+
+        def tick(completed: int) -> None:
+            self._progress.update(task, completed=completed)
+
+        return tick
+
+    def counter(self, name: str, total: int) -> Any:
+        task = self._progress.add_task(name, total=total)
+        return lambda n: self._progress.advance(task, n)
+
+
+async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    sizes = SMOKE if args.smoke else Sizes(posts=args.posts, edit_rate=args.edit_rate)
+    spec = SMOKE_GRAPH if args.smoke else GraphSpec(users=args.users, seed=args.seed)
+    base = Settings()
+    base = base.model_copy(
+        update={
+            "rabbitmq": base.rabbitmq.model_copy(update={"publish_window": args.window}),
+            "pipeline": base.pipeline.model_copy(update={"chunk_size": args.chunk_size}),
+        }
+    )
+    window = base.rabbitmq.publish_window
+    graph = SocialGraph(spec)
+    results: dict[str, Any] = {}
+    columns = (
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        phases = Phases(progress)
+        rig = Rig(base, graph)
+        scenarios.add_sweep_users(rig)
+        await rig.start()
+        try:
+            tick = phases.start("1. steady", sizes.posts)
+            results["steady"] = await scenarios.steady(rig, graph, sizes, args.seed, tick)
+            # The ceiling replays the worker's own body sizes, sampled if there are many.
+            sample = list(rig.sizes)
+            if len(sample) > sizes.ceiling_messages:
+                sample = random.Random(args.seed).sample(sample, sizes.ceiling_messages)
+            count = phases.counter("ceiling (bare aio-pika)", len(sample))
+            results["ceiling"] = await references.ceiling(sample, window, count)
+            half_rate = results["steady"]["posts_per_s"] / 2
+            tick = phases.start("4. half load", int(half_rate * sizes.half_load_seconds))
+            results["half_load"] = await scenarios.half_load(
+                rig, graph, half_rate, sizes.half_load_seconds, sizes.edit_rate, args.seed + 7, tick
+            )
+            tick = phases.start("sweep: followers per post", len(SWEEP_FOLLOWERS))
+            ours = await scenarios.sweep(rig, sizes, lambda n: progress.advance(progress.task_ids[-1], n))
+            naive_rows = []
+            count = phases.counter("sweep: naive baseline", len(SWEEP_FOLLOWERS) * sizes.naive_messages)
+            for followers in SWEEP_FOLLOWERS:
+                user = scenarios.sweep_user(followers)
+                row = await references.naive(
+                    [(f"n{followers}-{i}", user) for i in range(sizes.naive_messages)],
+                    rig.source,
+                    rig.follows,
+                    sizes.naive_messages,
+                    count,
+                )
+                naive_rows.append({"followers": followers, **row})
+            results["sweep"] = {"ours": ours, "naive": naive_rows}
+            # The naive baseline on the steady workload's own posts and authors.
+            steady_posts = [(f"n{i}", a) for i, a in enumerate(graph.authors(sizes.posts, args.seed))]
+            count = phases.counter("naive baseline (steady mix)", sizes.naive_messages)
+            results["naive"] = await references.naive(
+                steady_posts, rig.source, rig.follows, sizes.naive_messages, count
+            )
+        finally:
+            await rig.stop()
+
+        tick = phases.start("3. profile storm", sizes.storm_users)
+        results["storm"] = await storm(base, sizes, tick)
+
+        count = phases.counter("2. celebrity", len(sizes.celebrity))
+        results["celebrity"] = []
+        for followers in sizes.celebrity:
+            results["celebrity"].append(celebrity(followers, window))
+            count(1)
+    return results
+
+
+async def storm(base: Settings, sizes: Sizes, tick: Any) -> dict[str, Any]:
+    rig = Rig(base, None)
+    scenarios.seed_storm_users(rig, sizes)
+    await rig.start()
+    peer = Peer(rig.settings, rig.db)
+    try:
+        await peer.start([f"e{i:05d}" for i in range(sizes.storm_users)])
+        return await scenarios.storm(rig, peer, sizes, tick)
+    finally:
+        await peer.stop()
+        await rig.stop()
+
+
+def celebrity(followers: int, window: int) -> dict[str, Any]:
+    """In a fresh process, so earlier phases' memory does not hide the growth."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.celebrity", str(followers), str(window)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return orjson.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, no targets (what CI runs)")
+    parser.add_argument("--posts", type=int, default=20_000, help="steady-scenario posts (default 20,000)")
+    parser.add_argument("--users", type=int, default=10_000, help="users in the graph (default 10,000)")
+    parser.add_argument("--edit-rate", type=float, default=0.02, help="profile edits per post (default 0.02)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--window", type=int, default=Settings().rabbitmq.publish_window, help="publish window")
+    parser.add_argument("--chunk-size", type=int, default=Settings().pipeline.chunk_size)
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results; smoke: a temp dir)")
+    args = parser.parse_args()
+    out: Path = args.out or (Path(tempfile.mkdtemp(prefix="fanout-bench-")) if args.smoke else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(width=None if sys.stdout.isatty() else 110)
+    logger.remove()
+    logger.add(out / "bench.log", level="WARNING")
+    started = time.perf_counter()
+    results = asyncio.run(run(args, console))
+    results["targets"] = report.targets(results)
+    results["run"] = {
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": time.perf_counter() - started,
+        "machine": machine(),
+        "smoke": args.smoke,
+    }
+    report.print_report(results, console)
+    report.write_json(results, out / "results.json")
+    report.write_chart(results, out / "deliveries.png")
+    console.print(f"results: {out / 'results.json'}, chart: {out / 'deliveries.png'}")
+    missed = [t for t in results["targets"] if not t["met"]]
+    if args.smoke:
+        return 0
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
