@@ -94,7 +94,13 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         await rig.start()
         try:
             tick = phases.start("1. steady", sizes.posts)
+            profiler = _profiler(args.profile)
             results["steady"] = await scenarios.steady(rig, graph, sizes, args.seed, tick)
+            if profiler is not None:
+                profiler.stop()
+                args.profile.write_text(profiler.output_text(unicode=True, show_all=True))
+            if args.steady_only:
+                return results
             # The ceiling replays the worker's own body sizes, sampled if there are many.
             sample = list(rig.sizes)
             if len(sample) > sizes.ceiling_messages:
@@ -141,6 +147,17 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return results
 
 
+def _profiler(path: Path | None) -> Any:
+    """pyinstrument over the steady phase: where the worker's time goes."""
+    if path is None:
+        return None
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005, async_mode="disabled")
+    profiler.start()
+    return profiler
+
+
 async def storm(base: Settings, sizes: Sizes, tick: Any) -> dict[str, Any]:
     rig = Rig(base, None)
     scenarios.seed_storm_users(rig, sizes)
@@ -185,14 +202,20 @@ def machine() -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no targets (what CI runs)")
     parser.add_argument("--posts", type=int, default=20_000, help="steady-scenario posts (default 20,000)")
     parser.add_argument("--users", type=int, default=10_000, help="users in the graph (default 10,000)")
     parser.add_argument("--edit-rate", type=float, default=0.02, help="profile edits per post (default 0.02)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--window", type=int, default=Settings().rabbitmq.publish_window, help="publish window")
+    parser.add_argument(
+        "--window", type=int, default=Settings().rabbitmq.publish_window, help="publish window"
+    )
     parser.add_argument("--chunk-size", type=int, default=Settings().pipeline.chunk_size)
+    parser.add_argument("--profile", type=Path, help="write a pyinstrument profile of the steady phase here")
+    parser.add_argument("--steady-only", action="store_true", help="stop after the steady phase")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results; smoke: a temp dir)")
     args = parser.parse_args()
     out: Path = args.out or (Path(tempfile.mkdtemp(prefix="fanout-bench-")) if args.smoke else RESULTS)
@@ -202,6 +225,9 @@ def main() -> int:
     logger.add(out / "bench.log", level="WARNING")
     started = time.perf_counter()
     results = asyncio.run(run(args, console))
+    if args.steady_only:
+        console.print(results["steady"])
+        return 0
     results["targets"] = report.targets(results)
     results["run"] = {
         "command": " ".join(["python -m bench", *sys.argv[1:]]),

@@ -47,7 +47,8 @@ class Peer:
 
         bus = self.runtime.bus
         self._task = asyncio.create_task(bus.run(on_invalidate, cache.l1.clear))
-        while getattr(bus, "gaps", 1) < 1:  # subscribed (each subscription clears L1 first)
+        # Polled: subscribed once the bus has cleared L1 for its first subscription.
+        while getattr(bus, "gaps", 1) < 1:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         await cache.get_many(warm)
 

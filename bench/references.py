@@ -96,19 +96,27 @@ async def naive(
         for post_id, author in posts:
             lookups += 1
             snapshot = (await source.fetch_many([author])).get(author)
-            async for follower in graph.followers(author):
-                body = orjson.dumps(
-                    {
-                        "schema": 1,
-                        "type": "post.created",
-                        "post": {"id": post_id, "author_id": author, "text": f"post {post_id} by {author}"},
-                        "author": snapshot.to_dict() if snapshot else None,
-                        "recipients": [follower],
-                    }
-                )
-                await ex.publish(_message(body, f"naive:{post_id}:{follower}"), "post.created", mandatory=True)
-                sent += 1
-                tick(1)
+            async for page in graph.follower_pages(author):
+                for follower in page:
+                    body = orjson.dumps(
+                        {
+                            "schema": 1,
+                            "type": "post.created",
+                            "post": {
+                                "id": post_id,
+                                "author_id": author,
+                                "text": f"post {post_id} by {author}",
+                            },
+                            "author": snapshot.to_dict() if snapshot else None,
+                            "recipients": [follower],
+                        }
+                    )
+                    message = _message(body, f"naive:{post_id}:{follower}")
+                    await ex.publish(message, "post.created", mandatory=True)
+                    sent += 1
+                    tick(1)
+                    if sent >= budget:
+                        break
                 if sent >= budget:
                     break
             if sent >= budget:

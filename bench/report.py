@@ -69,7 +69,13 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         ),
     ]
     return [
-        {"measure": name, "value": value, "target": target, "met": bool(ok(value)), "shown": fmt.format(value)}
+        {
+            "measure": name,
+            "value": value,
+            "target": target,
+            "met": bool(ok(value)),
+            "shown": fmt.format(value),
+        }
         for name, value, target, ok, fmt in rows
     ]
 
@@ -88,18 +94,34 @@ def print_report(r: dict[str, Any], console: Console) -> None:
     hr = s["hit_ratio"]
     console.print(
         _table(
-            f"1. steady: {s['posts']:,} posts + {s['edits']:,} edits after {s['warmup_posts']:,} warm-up posts",
+            f"1. steady: {s['posts']:,} posts + {s['edits']:,} edits "
+            f"after {s['warmup_posts']:,} warm-up posts",
             [
                 ("posts/s", f"{s['posts_per_s']:,.0f}"),
                 ("messages/s", f"{s['messages_per_s']:,.0f}"),
                 ("recipient deliveries/s", f"{s['recipients_per_s']:,.0f}"),
-                ("latency event → last confirm p50 / p99 (saturated)", f"{s['latency_p50_ms']:.0f} / {s['latency_p99_ms']:.0f} ms"),
-                ("cache hits L1 / L2 / source (+ shared waits)", f"{hr['l1']:.1%} / {hr['l2']:.1%} / {hr['l3']:.1%} (+{hr['shared']:.1%})"),
+                (
+                    "latency event → last confirm p50 / p99 (saturated)",
+                    f"{s['latency_p50_ms']:.0f} / {s['latency_p99_ms']:.0f} ms",
+                ),
+                (
+                    "cache hits L1 / L2 / source (+ shared waits)",
+                    f"{hr['l1']:.1%} / {hr['l2']:.1%} / {hr['l3']:.1%} (+{hr['shared']:.1%})",
+                ),
                 ("profile-source queries per 1,000 posts", f"{s['source_queries_per_1000_posts']:.2f}"),
-                ("source queries / Redis MGETs per post micro-batch", f"{s['source_queries_per_batch']:.3f} / {s['mget_per_post_batch']:.3f}"),
-                ("Redis round trips per micro-batch (both streams)", f"{s['redis_round_trips_per_batch']:.2f}"),
+                (
+                    "source queries / Redis MGETs per post micro-batch",
+                    f"{s['source_queries_per_batch']:.3f} / {s['mget_per_post_batch']:.3f}",
+                ),
+                (
+                    "Redis round trips per micro-batch (both streams)",
+                    f"{s['redis_round_trips_per_batch']:.2f}",
+                ),
                 ("micro-batches, mean message size", f"{s['batches']:,}, {s['mean_message_bytes']:,.0f} B"),
-                ("messages confirmed / found in the queue", f"{s['messages']:,} / {s['delivered_to_queue']:,}"),
+                (
+                    "messages confirmed / found in the queue",
+                    f"{s['messages']:,} / {s['delivered_to_queue']:,}",
+                ),
                 ("peak RSS of the process", f"{s['peak_rss_mb']:.0f} MB"),
             ],
         )
@@ -110,8 +132,15 @@ def print_report(r: dict[str, Any], console: Console) -> None:
                 f"2. celebrity: one post to {cel['followers']:,} followers",
                 [
                     ("wall time", f"{cel['seconds']:.2f} s ({cel['recipients_per_s']:,.0f} recipients/s)"),
-                    ("messages confirmed / in the queue", f"{cel['messages']:,} / {cel['delivered_to_queue']:,}"),
-                    ("RSS before → peak (growth)", f"{cel['rss_before_mb']:.0f} → {cel['rss_peak_mb']:.0f} MB ({cel['rss_growth_mb']:+.1f} MB)"),
+                    (
+                        "messages confirmed / in the queue",
+                        f"{cel['messages']:,} / {cel['delivered_to_queue']:,}",
+                    ),
+                    (
+                        "RSS before → peak (growth)",
+                        f"{cel['rss_before_mb']:.0f} → {cel['rss_peak_mb']:.0f} MB "
+                        f"({cel['rss_growth_mb']:+.1f} MB)",
+                    ),
                 ],
             )
         )
@@ -120,23 +149,41 @@ def print_report(r: dict[str, Any], console: Console) -> None:
             f"3. profile storm: {st['edits']:,} edits, {st['posts_rewritten']:,} posts rewritten",
             [
                 ("rewrites/s (edits/s)", f"{st['rewrites_per_s']:,.0f} ({st['edits_per_s']:,.0f})"),
-                ("invalidation → second worker's L1 p50 / p99", f"{st['invalidation_p50_ms']:.1f} / {st['invalidation_p99_ms']:.1f} ms"),
-                ("second worker: invalidations heard, stale L1 entries after", f"{st['invalidations_received']:,}, {st['peer_l1_stale_after']}"),
+                (
+                    "invalidation → second worker's L1 p50 / p99",
+                    f"{st['invalidation_p50_ms']:.1f} / {st['invalidation_p99_ms']:.1f} ms",
+                ),
+                (
+                    "second worker: invalidations heard, stale L1 entries after",
+                    f"{st['invalidations_received']:,}, {st['peer_l1_stale_after']}",
+                ),
             ],
         )
     )
     console.print(
         _table(
             f"4. half load: {h['posts']:,} posts offered at {h['offered_posts_per_s']:,.0f}/s (open loop)",
-            [("latency p50 / p99 / max", f"{h['latency_p50_ms']:.0f} / {h['latency_p99_ms']:.0f} / {h['latency_max_ms']:.0f} ms")],
+            [
+                (
+                    "latency p50 / p99 / max",
+                    f"{h['latency_p50_ms']:.0f} / {h['latency_p99_ms']:.0f} / {h['latency_max_ms']:.0f} ms",
+                )
+            ],
         )
     )
     console.print(
         _table(
             "references (same broker, same run)",
             [
-                ("ceiling: bare aio-pika, same window and body sizes", f"{c['messages_per_s']:,.0f} msg/s ({c['messages']:,} msgs, mean {c['mean_bytes']:,.0f} B)"),
-                ("naive baseline: one message per follower, each confirm awaited", f"{n['recipients_per_s']:,.0f} recipients/s ({n['messages']:,} msgs)"),
+                (
+                    "ceiling: bare aio-pika, same window and body sizes",
+                    f"{c['messages_per_s']:,.0f} msg/s "
+                    f"({c['messages']:,} msgs, mean {c['mean_bytes']:,.0f} B)",
+                ),
+                (
+                    "naive baseline: one message per follower, each confirm awaited",
+                    f"{n['recipients_per_s']:,.0f} recipients/s ({n['messages']:,} msgs)",
+                ),
             ],
         )
     )
@@ -144,7 +191,9 @@ def print_report(r: dict[str, Any], console: Console) -> None:
     for col in ("measure", "measured", "target", ""):
         table.add_column(col)
     for t in r["targets"]:
-        table.add_row(t["measure"], t["shown"], t["target"], "[green]met[/]" if t["met"] else "[red]MISSED[/]")
+        table.add_row(
+            t["measure"], t["shown"], t["target"], "[green]met[/]" if t["met"] else "[red]MISSED[/]"
+        )
     console.print(table)
 
 
@@ -171,8 +220,12 @@ def write_chart(r: dict[str, Any], path: Path) -> None:
     ours = r["sweep"]["ours"]
     naive = r["sweep"]["naive"]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    ax.plot([p["followers"] for p in ours], [p["recipients_per_s"] for p in ours], "o-", label="fanout-worker")
-    ax.plot([p["followers"] for p in naive], [p["recipients_per_s"] for p in naive], "s--", label="naive baseline")
+    ax.plot(
+        [p["followers"] for p in ours], [p["recipients_per_s"] for p in ours], "o-", label="fanout-worker"
+    )
+    ax.plot(
+        [p["followers"] for p in naive], [p["recipients_per_s"] for p in naive], "s--", label="naive baseline"
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("followers per post")

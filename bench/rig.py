@@ -29,9 +29,18 @@ from worker.adapters.memory_stores import (
     MemoryPostStore,
     MemoryProfileSource,
 )
-from worker.app import POST_OPS, POSTS_STREAM, PROFILE_OPS, PROFILES_STREAM, Runtime, Stores, assemble
-from worker.app import rabbit_publisher, redis_client
-from worker.service import Worker
+from worker.app import (
+    POST_OPS,
+    POSTS_STREAM,
+    PROFILE_OPS,
+    PROFILES_STREAM,
+    Runtime,
+    Stores,
+    assemble,
+    rabbit_publisher,
+    redis_client,
+)
+from worker.service import Worker, tune_gc
 from worker.settings import Settings
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -132,13 +141,15 @@ class Rig:
         self.done = DoneTimes(self.runtime.posts)
         self.runtime.posts = self.done  # type: ignore[assignment]
         self.worker = Worker(self.runtime)
+        # As the daemon does. It also freezes the stand-in's graph, which in production lives in
+        # MongoDB, not in the worker's heap.
+        tune_gc()
         self._task = asyncio.create_task(self.worker.run())
-        # Both streams open from "now": wait until they have, so no write lands before.
-        while not all(p.checkpoint is not None for p in self.worker.pipelines) or len(
-            self.worker.pipelines
-        ) < len(feeds):
+        # Both streams open from "now": wait until they have, so no write lands before. Polled: the
+        # worker exposes no event for it.
+        worker = self.worker
+        while len(worker.pipelines) < len(feeds) or any(p.stats.idle_polls == 0 for p in worker.pipelines):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
 
     def _record_sizes(self, publisher: Any) -> None:
         send = publisher.send

@@ -252,4 +252,6 @@ def seed_storm_users(rig: Rig, sizes: Sizes, followers: int = 10) -> None:
         snap = {k: v for k, v in profile(uid).items() if k != "_id"}
         snap["user_id"] = uid
         for j in range(sizes.storm_posts_per_user):
-            rig.db.insert("posts", {"_id": f"{uid}-{j:04d}", "author_id": uid, "text": "x", "author_snapshot": snap})
+            rig.db.insert(
+                "posts", {"_id": f"{uid}-{j:04d}", "author_id": uid, "text": "x", "author_snapshot": snap}
+            )

@@ -31,8 +31,10 @@ class Publisher(Protocol):
 
 
 class FollowerGraph(Protocol):
-    def followers(self, user_id: str) -> AsyncGenerator[str, None]:
-        """Stream the ids following ``user_id`` in ascending id order, without loading them all."""
+    def follower_pages(self, user_id: str) -> AsyncGenerator[list[str], None]:
+        """Stream the ids following ``user_id`` in ascending id order, a page (one cursor batch) at
+        a time, without loading them all. Each page is a new list the caller may keep. Pages, not
+        ids: per-id async steps cost more than the rest of a fan-out together."""
         ...
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from loguru import logger
@@ -30,28 +30,44 @@ class PostStats:
     author_missing: int = 0
 
 
+class PostEncoder:
+    """Encodes the chunks of one post. The post and author parts are encoded once per post; each
+    chunk adds only its recipients and position. Byte for byte what encoding the whole dict gives."""
+
+    __slots__ = ("_head", "_id")
+
+    def __init__(self, post: NewPost, author: AuthorSnapshot | None) -> None:
+        head = orjson.dumps(
+            {
+                "schema": 1,
+                "type": ROUTING_KEY,
+                "post": {
+                    "id": post.id_str,
+                    "author_id": post.author_id,
+                    "created_at": post.created_at,
+                    "text": post.text,
+                },
+                "author": author.to_dict() if author is not None else None,
+                "recipients": None,
+            }
+        )
+        self._head = head[: -len(b"null}")]  # ends with b'"recipients":'
+        self._id = post.id_str
+
+    def message(self, recipients: list[str], index: int, last: bool) -> OutgoingMessage:
+        tail = b',"chunk":{"index":%d,"last":%s}}' % (index, b"true" if last else b"false")
+        return OutgoingMessage(
+            routing_key=ROUTING_KEY,
+            message_id=f"post:{self._id}:chunk:{index}",
+            correlation_id=self._id,
+            body=b"".join((self._head, orjson.dumps(recipients), tail)),
+        )
+
+
 def post_message(
     post: NewPost, author: AuthorSnapshot | None, recipients: list[str], index: int, last: bool
 ) -> OutgoingMessage:
-    body: dict[str, Any] = {
-        "schema": 1,
-        "type": ROUTING_KEY,
-        "post": {
-            "id": post.id_str,
-            "author_id": post.author_id,
-            "created_at": post.created_at,
-            "text": post.text,
-        },
-        "author": author.to_dict() if author is not None else None,
-        "recipients": recipients,
-        "chunk": {"index": index, "last": last},
-    }
-    return OutgoingMessage(
-        routing_key=ROUTING_KEY,
-        message_id=f"post:{post.id_str}:chunk:{index}",
-        correlation_id=post.id_str,
-        body=orjson.dumps(body),
-    )
+    return PostEncoder(post, author).message(recipients, index, last)
 
 
 class PostCreatedHandler:
@@ -127,42 +143,46 @@ class PostCreatedHandler:
             # post's snapshot when the profile appears. Dropping the fan-out would lose the post.
             self.stats.author_missing += 1
             logger.warning("post {} has no profile for author {}", post.id_str, post.author_id)
+        encoder = PostEncoder(post, author)
         confirms = ConfirmSet()
+        size = self._chunk_size
         index = 0
         # One chunk of look-ahead, so the last chunk can say it is last.
         ready: list[str] | None = None
-        current: list[str] = []
+        buffered: list[str] = []
         # aclosing: stopping early (a failed publish) closes the follower cursor at once.
-        async with contextlib.aclosing(self._graph.followers(post.author_id)) as followers:
-            async for follower in followers:
-                if follower == post.author_id:
-                    continue
-                current.append(follower)
-                if len(current) == self._chunk_size:
+        async with contextlib.aclosing(self._graph.follower_pages(post.author_id)) as pages:
+            async for page in pages:
+                # Pages are sorted: finding the author is a bisection, not a scan of the page.
+                at = bisect.bisect_left(page, post.author_id)
+                if at < len(page) and page[at] == post.author_id:
+                    page = page[:at] + page[at + 1 :]
+                if buffered:
+                    buffered += page
+                else:
+                    buffered = page  # pages are the caller's own lists
+                start, end = 0, len(buffered)
+                while end - start >= size:
                     if ready is not None:
-                        await self._send(confirms, post, author, ready, index, last=False)
+                        await self._send(confirms, encoder.message(ready, index, last=False), len(ready))
                         index += 1
-                    ready, current = current, []
+                    # A page that is exactly one chunk (the default sizes) is sent as is: copying
+                    # recipient lists costs more per message than anything else the worker does.
+                    ready = buffered if end == size else buffered[start : start + size]
+                    start += size
+                if start:
+                    buffered = buffered[start:] if start < end else []
                 if confirms.failed:
                     break  # the event will be retried whole; stop reading followers now
         if not confirms.failed:
             if ready is not None:
-                await self._send(confirms, post, author, ready, index, last=not current)
+                await self._send(confirms, encoder.message(ready, index, last=not buffered), len(ready))
                 index += 1
-            if current:
-                await self._send(confirms, post, author, current, index, last=True)
+            if buffered:
+                await self._send(confirms, encoder.message(buffered, index, last=True), len(buffered))
         await confirms.wait()
 
-    async def _send(
-        self,
-        confirms: ConfirmSet,
-        post: NewPost,
-        author: AuthorSnapshot | None,
-        recipients: list[str],
-        index: int,
-        last: bool,
-    ) -> None:
-        message = post_message(post, author, recipients, index, last)
+    async def _send(self, confirms: ConfirmSet, message: OutgoingMessage, recipients: int) -> None:
         confirms.add(await self._publisher.send(message))
         self.stats.messages += 1
-        self.stats.recipients += len(recipients)
+        self.stats.recipients += recipients

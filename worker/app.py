@@ -129,12 +129,17 @@ def assemble(
 
 def redis_client(settings: Settings) -> aioredis.Redis:
     r = settings.redis
-    return aioredis.Redis.from_url(
+    # A blocking pool: a burst of concurrent events (a profile storm) waits for a connection
+    # instead of failing with MaxConnectionsError, which would read as an outage and open the breaker.
+    pool = aioredis.BlockingConnectionPool.from_url(
         r.url.get_secret_value(),
+        max_connections=r.max_connections,
+        timeout=r.pool_wait_seconds,
         socket_timeout=r.socket_timeout_seconds,
         socket_connect_timeout=r.socket_timeout_seconds,
         health_check_interval=30,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def rabbit_publisher(settings: Settings) -> RabbitPublisher:

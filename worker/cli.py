@@ -21,7 +21,7 @@ from worker.app import build_runtime
 from worker.health import HealthServer, status_line, worker_progress
 from worker.logs import configure, redact
 from worker.notify import Notifier, watchdog_loop
-from worker.service import Worker
+from worker.service import Worker, tune_gc
 from worker.settings import Settings, load_settings
 from worker.summary import summary_loop
 
@@ -177,6 +177,7 @@ async def _run(settings: Settings) -> int:
         return EXIT_CONFIG
     worker = Worker(runtime)
     worker.install_signal_handlers()
+    tune_gc()
     notifier = Notifier()
     health: HealthServer | None = None
     if settings.health.enabled:
@@ -255,6 +256,7 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from worker.demo import Workload, print_summary, run_demo
 
     workload = Workload(users=args.users, posts=args.posts, edits=args.edits)
+    tune_gc()
     summary = await run_demo(settings, workload, use_services=not args.offline)
     print_summary(summary)
     return EXIT_OK

@@ -57,6 +57,8 @@ class RedisSettings(_Section):
     ttl_jitter: float = Field(0.1, ge=0, lt=1)
     negative_ttl_seconds: int = Field(30, gt=0)
     socket_timeout_seconds: float = Field(0.5, gt=0)
+    max_connections: int = Field(32, gt=1, le=10_000)
+    pool_wait_seconds: float = Field(2.0, gt=0)
     breaker_threshold: int = Field(3, gt=0)
     breaker_cooldown_seconds: float = Field(5.0, gt=0)
 

@@ -12,9 +12,10 @@ import pytest
 from enrichment.cache import LayeredCache
 from enrichment.errors import InvalidEvent, PublishFailed, ServiceUnavailable
 from enrichment.memory import MemoryLayer
-from handlers.events import ChangeEvent
+from enrichment.snapshot import AuthorSnapshot
+from handlers.events import ChangeEvent, NewPost
 from handlers.ports import OutgoingMessage
-from handlers.posts import PostCreatedHandler
+from handlers.posts import PostCreatedHandler, PostEncoder
 from worker.adapters.memory_db import MemoryDatabase
 from worker.adapters.memory_stores import MemoryFollowerGraph, MemoryPostStore, MemoryProfileSource
 from worker.publisher import MemoryPublisher
@@ -65,10 +66,13 @@ def bodies(messages: list[OutgoingMessage]) -> list[dict[str, Any]]:
     return [orjson.loads(m.body) for m in messages]
 
 
+@pytest.mark.parametrize("page", [1, 2, 3, 7])
 @pytest.mark.parametrize(("followers", "chunks"), [(0, 0), (1, 1), (3, 1), (4, 2), (6, 2), (7, 3)])
-async def test_followers_are_chunked_with_exactly_one_last_chunk(followers: int, chunks: int) -> None:
-    # Given an author with N followers and a chunk size of 3
-    s = Setup()
+async def test_followers_are_chunked_with_exactly_one_last_chunk(
+    followers: int, chunks: int, page: int
+) -> None:
+    # Given an author with N followers read in pages of any size, and a chunk size of 3
+    s = Setup(graph=MemoryFollowerGraph(page_size=page))
     s.add_user("alice")
     fans = [f"f{i:02d}" for i in range(followers)]
     s.graph.set_followers("alice", list(fans))
@@ -86,6 +90,25 @@ async def test_followers_are_chunked_with_exactly_one_last_chunk(followers: int,
     assert all(1 <= len(b["recipients"]) <= CHUNK for b in sent)
     assert s.handler.stats.messages == chunks
     assert s.handler.stats.recipients == followers
+
+
+@pytest.mark.parametrize("author", [None, AuthorSnapshot("alice", "alice", 'Alice \u00e9"', None, 3)])
+@pytest.mark.parametrize(("index", "last"), [(0, True), (0, False), (12, True)])
+def test_the_encoder_gives_the_bytes_of_the_whole_message_encoded_at_once(
+    author: AuthorSnapshot | None, index: int, last: bool
+) -> None:
+    post = NewPost("p1", "alice", 'say "hi" \u2603\n', "2026-11-29T10:00:00Z")
+    got = PostEncoder(post, author).message(["f1", 'f"2'], index, last)
+    whole = {
+        "schema": 1,
+        "type": "post.created",
+        "post": {"id": "p1", "author_id": "alice", "created_at": post.created_at, "text": post.text},
+        "author": author.to_dict() if author is not None else None,
+        "recipients": ["f1", 'f"2'],
+        "chunk": {"index": index, "last": last},
+    }
+    assert got.body == orjson.dumps(whole)
+    assert (got.message_id, got.correlation_id) == (f"post:p1:chunk:{index}", "p1")
 
 
 async def test_message_ids_and_correlation_ids_are_deterministic() -> None:

@@ -63,13 +63,12 @@ class MemoryFollowerGraph:
     def count(self, followee_id: str) -> int:
         return len(self._followers.get(followee_id, ()))
 
-    async def followers(self, user_id: str) -> AsyncGenerator[str, None]:
+    async def follower_pages(self, user_id: str) -> AsyncGenerator[list[str], None]:
         followers = self._followers.get(user_id, [])
         for start in range(0, len(followers), self._page):
             # Yield to the loop between pages, like a cursor's getMore would.
             await asyncio.sleep(0)
-            for follower in followers[start : start + self._page]:
-                yield follower
+            yield followers[start : start + self._page]
 
 
 def _newer(stored: Any, version: int) -> bool:

@@ -60,17 +60,17 @@ class MongoFollowerGraph:
         self._follows = follows
         self._batch_size = batch_size
 
-    async def followers(self, user_id: str) -> AsyncGenerator[str, None]:
+    async def follower_pages(self, user_id: str) -> AsyncGenerator[list[str], None]:
         cursor = (
             self._follows.find({"followee_id": user_id}, {"follower_id": 1, "_id": 0})
             .sort("follower_id", 1)
             .batch_size(self._batch_size)
         )
         try:
-            async for doc in cursor:
-                follower = doc.get("follower_id")
-                if isinstance(follower, str):
-                    yield follower
+            while docs := await cursor.to_list(self._batch_size):
+                page = [f for doc in docs if isinstance(f := doc.get("follower_id"), str)]
+                if page:
+                    yield page
         except PyMongoError as exc:
             raise translate(exc, "follows find") from exc
         finally:
