@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
@@ -151,16 +151,26 @@ class LayeredCache:
         Returns True if L2 took the new snapshot, False if it held a same-or-newer one (or there is
         no L2), None if Redis could not be written: the write is then owed and replayed later.
         """
-        self.l1.drop(snapshot.user_id, min_version=snapshot.version)
-        # A lookup in flight may have read the old profile: later callers must not join it.
-        self._inflight.pop(snapshot.user_id, None)
-        if self.l2 is None:
-            return False
-        written = await self.l2.put_many([(snapshot.user_id, snapshot)])
+        written = await self.apply_changes([snapshot])
+        return None if written is None else written == 1
+
+    async def apply_changes(self, snapshots: Sequence[AuthorSnapshot]) -> int | None:
+        """``apply_change`` for a batch, in one Redis round trip.
+
+        Returns how many L2 took (0 without L2), or None if Redis could not be written: every
+        write of the batch is then owed and replayed later.
+        """
+        for snapshot in snapshots:
+            self.l1.drop(snapshot.user_id, min_version=snapshot.version)
+            # A lookup in flight may have read the old profile: later callers must not join it.
+            self._inflight.pop(snapshot.user_id, None)
+        if self.l2 is None or not snapshots:
+            return 0
+        written = await self.l2.put_many([(s.user_id, s) for s in snapshots])
         if written is None:
-            self._owe(snapshot)
-            return None
-        return written == 1
+            for snapshot in snapshots:
+                self._owe(snapshot)
+        return written
 
     def _owe(self, snapshot: AuthorSnapshot) -> None:
         owed = self._repairs.get(snapshot.user_id)

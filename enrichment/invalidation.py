@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import orjson
@@ -26,6 +26,10 @@ OnGap = Callable[[], None]
 class InvalidationBus(Protocol):
     async def publish(self, user_id: str, version: int) -> None:
         """Tell every other replica that ``user_id`` changed to ``version``."""
+        ...
+
+    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> None:
+        """``publish`` for a batch of (user_id, version), in one round trip."""
         ...
 
     async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
@@ -61,13 +65,27 @@ class RedisInvalidationBus:
         self.gaps = 0
 
     async def publish(self, user_id: str, version: int) -> None:
-        payload = orjson.dumps({"u": user_id, "v": version, "o": self.origin})
+        await self.publish_many([(user_id, version)])
+
+    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> None:
+        if not changes:
+            return
         try:
-            await self._client.publish(self._channel, payload)
-            self.published += 1
+            # One message per change, as replicas of every version read them, pipelined: one round
+            # trip and one pooled connection for a whole storm of edits.
+            async with self._client.pipeline(transaction=False) as pipe:
+                for user_id, version in changes:
+                    pipe.publish(self._channel, orjson.dumps({"u": user_id, "v": version, "o": self.origin}))
+                await pipe.execute()
+            self.published += len(changes)
         except (RedisError, OSError) as exc:
             # Replicas that miss this also lost their own subscription, and clear L1 on reconnect.
-            logger.warning("could not publish an invalidation for {}: {}", user_id, type(exc).__name__)
+            logger.warning(
+                "could not publish {} invalidation(s), e.g. for {}: {}",
+                len(changes),
+                changes[0][0],
+                type(exc).__name__,
+            )
 
     async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
         while True:
@@ -109,10 +127,14 @@ class LocalInvalidationBus:
         self.published = 0
 
     async def publish(self, user_id: str, version: int) -> None:
-        self.published += 1
+        await self.publish_many([(user_id, version)])
+
+    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> None:
+        self.published += len(changes)
         for peer in self._hub:
-            if peer is not self and not peer._queue.full():
-                peer._queue.put_nowait((user_id, version))
+            for change in changes:
+                if peer is not self and not peer._queue.full():
+                    peer._queue.put_nowait(change)
 
     async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
         while True:

@@ -47,44 +47,63 @@ class ProfileChangedHandler:
         self.stats = ProfileStats()
 
     async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
-        """Cascade each display change concurrently, reporting each as it finishes.
+        """Cascade the batch's display changes, reporting each as it finishes.
 
         Other edits are counted as ignored. Order does not matter: every write is version-guarded.
         """
-
-        async def one(i: int, event: ChangeEvent) -> None:
+        snapshots: list[AuthorSnapshot] = []
+        positions: list[int] = []
+        for i, event in enumerate(events):
             try:
                 change = parse_profile_change(event)
-                if change is None:
-                    self.stats.ignored += 1
-                else:
-                    await self.handle(change.snapshot)
             except Exception as exc:
                 report(i, exc)
-                return
-            report(i, None)
-
-        await asyncio.gather(*(one(i, e) for i, e in enumerate(events)))
+                continue
+            if change is None:
+                self.stats.ignored += 1
+                report(i, None)
+            else:
+                snapshots.append(change.snapshot)
+                positions.append(i)
+        if snapshots:
+            await self.cascade(snapshots, lambda j, error: report(positions[j], error))
 
     async def handle_events(self, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
         """``process`` with the results collected in order."""
         return await collect(self.process, events)
 
-    async def handle(self, snapshot: AuthorSnapshot) -> None:
-        """Cascade one display change. Idempotent: a replay changes nothing newer.
+    async def cascade(self, snapshots: Sequence[AuthorSnapshot], report: Report) -> None:
+        """Cascade display changes. Idempotent: a replay changes nothing newer.
 
-        If Redis could not take the new snapshot, everything else is still done, then the event
-        fails as ServiceUnavailable: it is retried (and replayed after a restart) until Redis has
-        it, since Redis would otherwise serve the old snapshot until its TTL. The retries repeat
+        Every cache layer on every replica first, for the whole batch at once: one Redis write and
+        one pipelined round of invalidations, however many changes (a storm of edits must not take
+        a Redis connection per edit). Then each change's posts are rewritten and
+        ``profile.updated`` is published, concurrently.
+
+        If Redis could not take the new snapshots, everything else is still done, then the events
+        fail as ServiceUnavailable: they are retried (and replayed after a restart) until Redis has
+        them, since Redis would otherwise serve the old snapshots until their TTL. The retries repeat
         ``profile.updated`` under the same message_id, which consumers de-duplicate.
         """
-        l2 = await self._cache.apply_change(snapshot)
-        if l2:
-            self.stats.l2_replaced += 1
-        await self._bus.publish(snapshot.user_id, snapshot.version)
-        self.stats.posts_rewritten += await self._posts.rewrite_author_snapshot(snapshot)
-        confirm = await self._publisher.send(profile_message(snapshot))
-        await confirm
-        if l2 is None:
-            raise ServiceUnavailable(f"Redis did not take {snapshot.user_id} v{snapshot.version} yet")
-        self.stats.changes += 1
+        try:
+            written = await self._cache.apply_changes(snapshots)
+            await self._bus.publish_many([(s.user_id, s.version) for s in snapshots])
+        except Exception as exc:
+            for i in range(len(snapshots)):
+                report(i, exc)
+            return
+        self.stats.l2_replaced += written or 0
+
+        async def one(i: int, snapshot: AuthorSnapshot) -> None:
+            try:
+                self.stats.posts_rewritten += await self._posts.rewrite_author_snapshot(snapshot)
+                await (await self._publisher.send(profile_message(snapshot)))
+                if written is None:
+                    raise ServiceUnavailable(f"Redis did not take {snapshot.user_id} v{snapshot.version} yet")
+            except Exception as exc:
+                report(i, exc)
+                return
+            self.stats.changes += 1
+            report(i, None)
+
+        await asyncio.gather(*(one(i, s) for i, s in enumerate(snapshots)))

@@ -21,7 +21,6 @@ from worker.eventlog import StreamStats
 from worker.leader import Leadership
 from worker.ports import Lease
 
-
 GC_GEN0_THRESHOLD = 50_000
 
 
