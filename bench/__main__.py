@@ -38,6 +38,7 @@ RESULTS = Path(__file__).parent / "results"
 SMOKE = Sizes(
     posts=300,
     warmup_posts=50,
+    prior_posts=2_000,
     half_load_seconds=1.0,
     storm_users=20,
     storm_posts_per_user=5,

@@ -90,18 +90,31 @@ def process_peak_rss() -> int:
 
 
 class RedisRoundTrips:
-    """Counts the commands a redis-py asyncio client sends, by name (one command = one round trip:
-    the worker sends no pipelines)."""
+    """Counts a redis-py asyncio client's round trips: each command by name, each pipeline as one
+    (``PIPELINE``). Subscriptions have connections of their own and are not counted."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.by_command: Counter[str] = Counter()
         send: Callable[..., Awaitable[Any]] = client.execute_command
+        pipeline = client.pipeline
 
         async def counted(*args: Any, **options: Any) -> Any:
             self.by_command[str(args[0]).upper()] += 1
             return await send(*args, **options)
 
+        def counted_pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            async def run(*a: Any, **k: Any) -> Any:
+                self.by_command["PIPELINE"] += 1
+                return await execute(*a, **k)
+
+            pipe.execute = run  # type: ignore[method-assign]
+            return pipe
+
         client.execute_command = counted  # type: ignore[method-assign]
+        client.pipeline = counted_pipeline  # type: ignore[method-assign]
 
     @property
     def total(self) -> int:

@@ -94,8 +94,8 @@ def print_report(r: dict[str, Any], console: Console) -> None:
     hr = s["hit_ratio"]
     console.print(
         _table(
-            f"1. steady: {s['posts']:,} posts + {s['edits']:,} edits "
-            f"after {s['warmup_posts']:,} warm-up posts",
+            f"1. steady: {s['posts']:,} posts + {s['edits']:,} edits, caches as after an hour "
+            f"({s['primed']['prior_posts']:,} earlier posts, {s['primed']['distinct_authors']:,} authors)",
             [
                 ("posts/s", f"{s['posts_per_s']:,.0f}"),
                 ("messages/s", f"{s['messages_per_s']:,.0f}"),
@@ -109,6 +109,11 @@ def print_report(r: dict[str, Any], console: Console) -> None:
                     f"{hr['l1']:.1%} / {hr['l2']:.1%} / {hr['l3']:.1%} (+{hr['shared']:.1%})",
                 ),
                 ("profile-source queries per 1,000 posts", f"{s['source_queries_per_1000_posts']:.2f}"),
+                (
+                    f"  cold start (first {s['cold_start']['posts']:,} posts, empty caches)",
+                    f"{s['cold_start']['source_queries_per_1000_posts']:.1f} per 1,000 posts, "
+                    f"{s['cold_start']['source_queries_per_batch']:.2f} per micro-batch",
+                ),
                 (
                     "source queries / Redis MGETs per post micro-batch",
                     f"{s['source_queries_per_batch']:.3f} / {s['mget_per_post_batch']:.3f}",

@@ -99,8 +99,12 @@ class RabbitPublisher:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         while True:
-            exchange, generation = await self._exchange_ready(retry=True)
-            await self._wait_unblocked()
+            # Fast path while connected: no lock, no coroutine per message.
+            exchange, generation = self._exchange, self._generation
+            if exchange is None:
+                exchange, generation = await self._exchange_ready(retry=True)
+            if self.blocked:
+                await self._wait_unblocked()
             self.stats.sent += 1
             try:
                 await exchange.publish(body, message.routing_key, mandatory=True, timeout=self._timeout)
