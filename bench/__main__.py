@@ -223,7 +223,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     console = Console(width=None if sys.stdout.isatty() else 110)
     logger.remove()
-    logger.add(out / "bench.log", level="WARNING")
+    logger.add(out / "bench.log", level="WARNING", mode="w")
     started = time.perf_counter()
     results = asyncio.run(run(args, console))
     if args.steady_only:

@@ -192,7 +192,9 @@ def print_report(r: dict[str, Any], console: Console) -> None:
             ],
         )
     )
-    table = Table(title="targets", title_justify="left")
+    smoke = r.get("run", {}).get("smoke", False)
+    title = "targets (smoke sizes: a harness check, not a measurement)" if smoke else "targets"
+    table = Table(title=title, title_justify="left")
     for col in ("measure", "measured", "target", ""):
         table.add_column(col)
     for t in r["targets"]:

@@ -101,7 +101,9 @@ class Rig:
         self.run_id = uuid.uuid4().hex[:8]
         self.settings = bench_settings(base, self.run_id)
         self.graph = graph
-        self.db = MemoryDatabase()
+        # A capped change log, like an oplog: the stand-in's history is not the worker's heap. The
+        # reader is never more than max_in_flight_events behind, far inside the cap.
+        self.db = MemoryDatabase(max_log=200_000)
         self.follows = MemoryFollowerGraph()
         self.source = MemoryProfileSource(self.db)
         self.post_store = MemoryPostStore(self.db)
