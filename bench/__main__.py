@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import references, report, scenarios
 from bench.graph import GraphSpec, SocialGraph
-from bench.peer import Peer
+from bench.peer import PeerProcess
 from bench.rig import Rig
 from bench.scenarios import SWEEP_FOLLOWERS, Sizes
 from worker.settings import Settings
@@ -163,12 +163,12 @@ async def storm(base: Settings, sizes: Sizes, tick: Any) -> dict[str, Any]:
     rig = Rig(base, None)
     scenarios.seed_storm_users(rig, sizes)
     await rig.start()
-    peer = Peer(rig.settings, rig.db)
+    peer = PeerProcess(rig.settings.redis.key_prefix, sizes.storm_users)
     try:
-        await peer.start([f"e{i:05d}" for i in range(sizes.storm_users)])
+        await peer.ready()
         return await scenarios.storm(rig, peer, sizes, tick)
     finally:
-        await peer.stop()
+        peer.kill()
         await rig.stop()
 
 

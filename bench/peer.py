@@ -1,14 +1,25 @@
-"""A second replica for the profile storm: its own Redis connection, L1 and invalidation listener,
-wired by the same ``assemble`` a worker uses; only its change streams are left out."""
+"""A second replica for the profile storm, in a process of its own as in production.
+
+    python -m bench.peer KEY_PREFIX USERS     # started by the storm scenario, not by hand
+
+It is wired by the same ``assemble`` a worker uses (its own Redis connection, L1 and invalidation
+listener; only its change streams are left out), holds the storm's USERS in L1, prints ``ready``,
+and on a line on stdin prints, as JSON, when (``time.monotonic``, system-wide on Linux) it heard
+each invalidation and how many L1 entries are still stale.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import subprocess
+import sys
 import time
+from typing import Any
 
-import redis.asyncio as aioredis
+import orjson
+from loguru import logger
 
+from bench.graph import profile
 from worker.adapters.memory_db import MemoryDatabase
 from worker.adapters.memory_stores import (
     MemoryCheckpointStore,
@@ -17,49 +28,89 @@ from worker.adapters.memory_stores import (
     MemoryPostStore,
     MemoryProfileSource,
 )
-from worker.app import Runtime, Stores, assemble, redis_client
+from worker.app import Stores, assemble, redis_client
 from worker.publisher import MemoryPublisher
 from worker.settings import Settings
 
 
-class Peer:
-    def __init__(self, settings: Settings, db: MemoryDatabase) -> None:
-        self.redis: aioredis.Redis = redis_client(settings)
-        stores = Stores(
-            MemoryProfileSource(db),
-            MemoryPostStore(db),
-            MemoryFollowerGraph(),
-            MemoryCheckpointStore(),
-            MemoryDeadLetters(),
+def storm_user(i: int) -> str:
+    return f"e{i:05d}"
+
+
+async def serve(key_prefix: str, users: int) -> dict[str, Any]:
+    base = Settings()
+    settings = base.model_copy(update={"redis": base.redis.model_copy(update={"key_prefix": key_prefix})})
+    db = MemoryDatabase()  # this replica's view of the shared profiles (the stand-in is per process)
+    names = [storm_user(i) for i in range(users)]
+    for name in names:
+        db.insert("profiles", profile(name))
+    redis = redis_client(settings)
+    stores = Stores(
+        MemoryProfileSource(db),
+        MemoryPostStore(db),
+        MemoryFollowerGraph(),
+        MemoryCheckpointStore(),
+        MemoryDeadLetters(),
+    )
+    runtime = assemble(settings, {}, stores, MemoryPublisher(), redis)
+    cache, bus = runtime.cache, runtime.bus
+    heard: dict[str, float] = {}
+
+    def on_invalidate(user: str, version: int) -> None:
+        heard.setdefault(f"{user}:{version}", time.monotonic())
+        cache.on_remote_invalidation(user, version)
+
+    listener = asyncio.create_task(bus.run(on_invalidate, cache.l1.clear))
+    # Polled: subscribed once the bus has cleared L1 for its first subscription.
+    while getattr(bus, "gaps", 1) < 1:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    await cache.get_many(names)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    found, _ = cache.l1.get_many(names)
+    stale = sum(1 for snap in found.values() if snap is not None and snap.version < 2)
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    await redis.aclose()
+    return {"heard": heard, "stale": stale}
+
+
+class PeerProcess:
+    """The storm scenario's handle on the peer process."""
+
+    def __init__(self, key_prefix: str, users: int) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.peer", key_prefix, str(users)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        self.runtime: Runtime = assemble(settings, {}, stores, MemoryPublisher(), self.redis)
-        self.received: dict[tuple[str, int], float] = {}  # (user, version) → when this replica heard
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self, warm: list[str]) -> None:
-        """Subscribe, then hold ``warm`` in L1 as a replica serving them would."""
-        cache = self.runtime.cache
-        received = self.received
+    async def ready(self) -> None:
+        assert self._proc.stdout is not None
+        line = await asyncio.get_running_loop().run_in_executor(None, self._proc.stdout.readline)
+        if line.strip() != "ready":
+            raise RuntimeError(f"the peer replica did not start: {line!r}")
 
-        def on_invalidate(user: str, version: int) -> None:
-            received.setdefault((user, version), time.perf_counter())
-            cache.on_remote_invalidation(user, version)
+    async def finish(self) -> tuple[dict[tuple[str, int], float], int]:
+        """Ask for its observations and wait for it to exit."""
+        out, _ = await asyncio.get_running_loop().run_in_executor(None, self._proc.communicate, "done\n")
+        result = orjson.loads(out)
+        heard = {(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): t for k, t in result["heard"].items()}
+        return heard, int(result["stale"])
 
-        bus = self.runtime.bus
-        self._task = asyncio.create_task(bus.run(on_invalidate, cache.l1.clear))
-        # Polled: subscribed once the bus has cleared L1 for its first subscription.
-        while getattr(bus, "gaps", 1) < 1:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        await cache.get_many(warm)
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
 
-    def stale(self, users: list[str], version: int = 2) -> int:
-        """How many of ``users`` this replica's L1 still holds at a version below ``version``."""
-        found, _ = self.runtime.cache.l1.get_many(users)
-        return sum(1 for snap in found.values() if snap is not None and snap.version < version)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.redis.aclose()
+def main() -> None:
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    result = asyncio.run(serve(sys.argv[1], int(sys.argv[2])))
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -136,7 +136,7 @@ class DoneTimes:
 
         def timed(i: int, error: BaseException | None) -> None:
             if error is None:
-                done[events[i].raw["documentKey"]["_id"]] = time.perf_counter()
+                done[events[i].raw["documentKey"]["_id"]] = time.monotonic()
             report(i, error)
 
         await self._inner.process(events, timed)

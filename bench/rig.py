@@ -101,9 +101,7 @@ class Rig:
         self.run_id = uuid.uuid4().hex[:8]
         self.settings = bench_settings(base, self.run_id)
         self.graph = graph
-        # A capped change log, like an oplog: the stand-in's history is not the worker's heap. The
-        # reader is never more than max_in_flight_events behind, far inside the cap.
-        self.db = MemoryDatabase(max_log=200_000)
+        self.db = MemoryDatabase()
         self.follows = MemoryFollowerGraph()
         self.source = MemoryProfileSource(self.db)
         self.post_store = MemoryPostStore(self.db)
@@ -170,14 +168,14 @@ class Rig:
     def post(self, author: str, at: float | None = None) -> str:
         post_id = f"p{self._next_post:08d}"
         self._next_post += 1
-        self.offered[post_id] = time.perf_counter() if at is None else at
+        self.offered[post_id] = time.monotonic() if at is None else at
         self.db.insert("posts", {"_id": post_id, "author_id": author, "text": f"post {post_id} by {author}"})
         return post_id
 
     def edit(self, uid: str) -> int:
         version = self.versions.get(uid, 1) + 1
         self.versions[uid] = version
-        self.edited[(uid, version)] = time.perf_counter()
+        self.edited[(uid, version)] = time.monotonic()
         fields = profile(uid, version)
         del fields["_id"]
         self.db.update("profiles", uid, fields)

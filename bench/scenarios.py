@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.graph import SocialGraph, Write, follower_id, profile, workload
+from bench.peer import storm_user
 from bench.probes import process_peak_rss
 from bench.rig import Rig
 from worker.app import POSTS_STREAM, PROFILES_STREAM
@@ -128,10 +129,10 @@ async def steady(rig: Rig, graph: SocialGraph, sizes: Sizes, seed: int, tick: Ti
     primed = await prime(rig, graph, sizes.prior_posts, seed + 1_000)
     warm = _snapshot(rig)
     first = len(rig.offered)
-    started = time.perf_counter()
+    started = time.monotonic()
     p2, e2 = await _offer(rig, writes[warm_at:], backlog, lambda n: tick(p + n))
     await rig.wait_handled(posts_before + p + p2, e + e2)
-    elapsed = time.perf_counter() - started
+    elapsed = time.monotonic() - started
     tick(p + p2)
     d = _delta(_snapshot(rig), warm)
     delivered = await rig.queue.drain_count()  # type: ignore[union-attr]
@@ -189,7 +190,7 @@ async def half_load(
     first = len(rig.offered)
     before_posts, before_edits = rig.handled(POSTS_STREAM), rig.handled(PROFILES_STREAM)
     interval = 1 / posts_per_s
-    start = time.perf_counter() + 0.01
+    start = time.monotonic() + 0.01
     n = edits = 0
     for w in writes:
         if w.edit:
@@ -197,7 +198,7 @@ async def half_load(
             edits += 1
             continue
         due = start + n * interval
-        delay = due - time.perf_counter()
+        delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         rig.post(w.user, at=due)
@@ -223,11 +224,11 @@ async def sweep(rig: Rig, sizes: Sizes, tick: Tick) -> list[dict[str, Any]]:
         posts = max(1, sizes.sweep_messages // math.ceil(count / chunk))
         before = rig.handled(POSTS_STREAM)
         recipients = rig.runtime.posts.stats.recipients  # type: ignore[union-attr]
-        started = time.perf_counter()
+        started = time.monotonic()
         for _ in range(posts):
             rig.post(sweep_user(count))
         await rig.wait_handled(before + posts, rig.handled(PROFILES_STREAM))
-        elapsed = time.perf_counter() - started
+        elapsed = time.monotonic() - started
         delivered = rig.runtime.posts.stats.recipients - recipients  # type: ignore[union-attr]
         await rig.queue.drain_count()  # type: ignore[union-attr]
         rows.append(
@@ -240,26 +241,26 @@ async def sweep(rig: Rig, sizes: Sizes, tick: Tick) -> list[dict[str, Any]]:
 async def storm(rig: Rig, peer: Any, sizes: Sizes, tick: Tick) -> dict[str, Any]:
     """Profile storm: ``storm_users`` edits by users holding ``storm_posts_per_user`` posts each.
 
-    ``peer`` is a second replica (its own Redis connection, L1 and subscription); each edit's
+    ``peer`` is a second replica in a process of its own (bench.peer.PeerProcess); each edit's
     invalidation latency is from the write to that replica dropping the user from its L1.
     """
     from bench.probes import percentile
 
-    users = [f"e{i:05d}" for i in range(sizes.storm_users)]
+    users = [storm_user(i) for i in range(sizes.storm_users)]
     before = rig.handled(PROFILES_STREAM)
     rewritten = rig.runtime.profiles.stats.posts_rewritten  # type: ignore[union-attr]
-    started = time.perf_counter()
+    started = time.monotonic()
     for i, uid in enumerate(users):
         rig.edit(uid)
         if i % 50 == 49:
             await asyncio.sleep(0)
     await rig.wait_handled(rig.handled(POSTS_STREAM), before + len(users))
-    elapsed = time.perf_counter() - started
+    elapsed = time.monotonic() - started
     tick(len(users))
     await asyncio.sleep(0.2)  # the last invalidations are on the wire to the peer
     done = rig.runtime.profiles.stats.posts_rewritten - rewritten  # type: ignore[union-attr]
-    lat = [peer.received[(u, 2)] - rig.edited[(u, 2)] for u in users if (u, 2) in peer.received]
-    stale = peer.stale(users)
+    heard, stale = await peer.finish()
+    lat = [heard[(u, 2)] - rig.edited[(u, 2)] for u in users if (u, 2) in heard]
     await rig.queue.drain_count()  # type: ignore[union-attr]
     return {
         "edits": len(users),
@@ -277,7 +278,7 @@ async def storm(rig: Rig, peer: Any, sizes: Sizes, tick: Tick) -> dict[str, Any]
 def seed_storm_users(rig: Rig, sizes: Sizes, followers: int = 10) -> None:
     """Users with ``storm_posts_per_user`` already-enriched posts each, written before the worker starts."""
     for i in range(sizes.storm_users):
-        uid = f"e{i:05d}"
+        uid = storm_user(i)
         rig.add_user(uid, [follower_id(3_000_000 + i * followers + n) for n in range(followers)])
         snap = {k: v for k, v in profile(uid).items() if k != "_id"}
         snap["user_id"] = uid

@@ -120,7 +120,9 @@ class PostCreatedHandler:
             authors = await self._cache.get_many(p.author_id for p in batch)
             to_write = [(p.post_id, s) for p in batch if (s := authors.get(p.author_id)) is not None]
             if to_write:
-                self.stats.snapshots_written += await self._posts.set_snapshots(to_write)
+                # Awaited first: `x += await ...` reads x before suspending and loses concurrent updates.
+                written = await self._posts.set_snapshots(to_write)
+                self.stats.snapshots_written += written
         except Exception as exc:
             for i in range(len(batch)):
                 report(i, exc)

@@ -38,12 +38,20 @@ def profile_message(snapshot: AuthorSnapshot) -> OutgoingMessage:
 
 class ProfileChangedHandler:
     def __init__(
-        self, cache: LayeredCache, bus: InvalidationBus, posts: PostStore, publisher: Publisher
+        self,
+        cache: LayeredCache,
+        bus: InvalidationBus,
+        posts: PostStore,
+        publisher: Publisher,
+        rewrite_concurrency: int = 16,
     ) -> None:
         self._cache = cache
         self._bus = bus
         self._posts = posts
         self._publisher = publisher
+        # Shared by every batch: a storm of edits must not put a thousand update_many on MongoDB at
+        # once, nor keep the loop so busy that other batches' invalidations wait behind it.
+        self._rewrites = asyncio.Semaphore(rewrite_concurrency)
         self.stats = ProfileStats()
 
     async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
@@ -96,7 +104,10 @@ class ProfileChangedHandler:
 
         async def one(i: int, snapshot: AuthorSnapshot) -> None:
             try:
-                self.stats.posts_rewritten += await self._posts.rewrite_author_snapshot(snapshot)
+                # Awaited first: `x += await ...` reads x before suspending and loses concurrent updates.
+                async with self._rewrites:
+                    rewritten = await self._posts.rewrite_author_snapshot(snapshot)
+                self.stats.posts_rewritten += rewritten
                 await (await self._publisher.send(profile_message(snapshot)))
                 if written is None:
                     raise ServiceUnavailable(f"Redis did not take {snapshot.user_id} v{snapshot.version} yet")

@@ -117,7 +117,7 @@ def assemble(
         posts=PostCreatedHandler(
             cache, stores.posts, stores.graph, publisher, p.chunk_size, p.max_text_bytes
         ),
-        profiles=ProfileChangedHandler(cache, bus, stores.posts, publisher),
+        profiles=ProfileChangedHandler(cache, bus, stores.posts, publisher, p.rewrite_concurrency),
         cache=cache,
         bus=bus,
         publisher=publisher,

@@ -82,6 +82,7 @@ class PipelineSettings(_Section):
     batch_max_wait_ms: int = Field(20, ge=0, le=10_000)
     max_in_flight_events: int = Field(1_000, gt=0)
     chunk_size: int = Field(1_000, gt=0, le=50_000)
+    rewrite_concurrency: int = Field(16, gt=0, le=1_000)
     max_text_bytes: int = Field(256 * 1024, gt=0)
     max_attempts: int = Field(5, gt=0)
     retry_max_seconds: float = Field(30.0, gt=0)

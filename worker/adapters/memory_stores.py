@@ -111,12 +111,13 @@ class MemoryPostStore:
 
     async def rewrite_author_snapshot(self, snapshot: AuthorSnapshot) -> int:
         self.update_calls += 1
-        # MongoDB's update_many is a round trip: yield like one, so a storm of cascades does not
-        # hold the loop (and other batches' invalidations) for its whole CPU time.
-        await asyncio.sleep(0)
         changed = 0
         docs = self._db.collection(self._collection)
-        for post_id in self._posts_of(snapshot.user_id):
+        for n, post_id in enumerate(self._posts_of(snapshot.user_id)):
+            if n % 20 == 0:
+                # MongoDB does this work server-side while the worker's loop is free: yield, so a
+                # storm of cascades does not hold the loop (and other batches' invalidations).
+                await asyncio.sleep(0)
             doc = docs.get(post_id)
             if (
                 doc is not None

@@ -1,0 +1,72 @@
+"""ProfileChangedHandler on in-memory stand-ins: batched cascades, bounded rewrites, exact counts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from enrichment.cache import LayeredCache
+from enrichment.invalidation import LocalInvalidationBus
+from enrichment.memory import MemoryLayer
+from enrichment.snapshot import AuthorSnapshot
+from handlers.events import ChangeEvent
+from handlers.profiles import ProfileChangedHandler
+from worker.adapters.memory_db import MemoryDatabase
+from worker.adapters.memory_stores import MemoryProfileSource
+from worker.publisher import MemoryPublisher
+
+
+class SlowPostStore:
+    """Each rewrite takes a few loop turns, like a MongoDB round trip, and reports 3 posts changed."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most_at_once = 0
+
+    async def set_snapshots(self, items: Sequence[tuple[Any, AuthorSnapshot]]) -> int:
+        return 0
+
+    async def rewrite_author_snapshot(self, snapshot: AuthorSnapshot) -> int:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.running -= 1
+        return 3
+
+
+def replace_event(user: str, seq: int) -> ChangeEvent:
+    doc = {"_id": user, "username": user, "display_name": user.upper(), "avatar_url": None, "version": 2}
+    return ChangeEvent.from_raw(
+        "profiles",
+        {
+            "_id": {"_data": f"82{seq:016X}"},
+            "operationType": "replace",
+            "documentKey": {"_id": user},
+            "fullDocument": doc,
+        },
+    )
+
+
+async def test_a_storm_rewrites_at_most_rewrite_concurrency_authors_at_once_and_counts_every_post() -> None:
+    # Given a handler allowed 4 rewrites at once, and a batch of 50 profile changes
+    store = SlowPostStore()
+    bus = LocalInvalidationBus()
+    cache = LayeredCache(MemoryLayer(100, 60.0, 10.0), None, MemoryProfileSource(MemoryDatabase()))
+    publisher = MemoryPublisher()
+    handler = ProfileChangedHandler(cache, bus, store, publisher, rewrite_concurrency=4)
+    events = [replace_event(f"u{i:02d}", i + 1) for i in range(50)]
+    # When the batch is handled
+    results = await handler.handle_events(events)
+    # Then every change cascaded, never more than 4 rewrites in flight
+    assert results == [None] * 50
+    assert store.most_at_once == 4
+    # And the counts are exact although the rewrites interleaved
+    assert handler.stats.posts_rewritten == 150
+    assert handler.stats.changes == 50
+    # And one invalidation per change went out, and one profile.updated each
+    assert bus.published == 50
+    assert sorted(m.message_id for m in publisher.messages) == sorted(
+        f"profile:u{i:02d}:v:2" for i in range(50)
+    )
