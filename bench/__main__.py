@@ -100,14 +100,14 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             if profiler is not None:
                 profiler.stop()
                 args.profile.write_text(profiler.output_text(unicode=True, show_all=True))
-            if args.steady_only:
-                return results
             # The ceiling replays the worker's own body sizes, sampled if there are many.
             sample = list(rig.sizes)
             if len(sample) > sizes.ceiling_messages:
                 sample = random.Random(args.seed).sample(sample, sizes.ceiling_messages)
             count = phases.counter("ceiling (bare aio-pika)", len(sample))
             results["ceiling"] = await references.ceiling(sample, window, count)
+            if args.steady_only:
+                return results
             half_rate = results["steady"]["posts_per_s"] / 2
             tick = phases.start("4. half load", int(half_rate * sizes.half_load_seconds))
             results["half_load"] = await scenarios.half_load(
@@ -216,7 +216,9 @@ def main() -> int:
     )
     parser.add_argument("--chunk-size", type=int, default=Settings().pipeline.chunk_size)
     parser.add_argument("--profile", type=Path, help="write a pyinstrument profile of the steady phase here")
-    parser.add_argument("--steady-only", action="store_true", help="stop after the steady phase")
+    parser.add_argument(
+        "--steady-only", action="store_true", help="stop after the steady phase and the ceiling"
+    )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results; smoke: a temp dir)")
     args = parser.parse_args()
     out: Path = args.out or (Path(tempfile.mkdtemp(prefix="fanout-bench-")) if args.smoke else RESULTS)
@@ -227,7 +229,12 @@ def main() -> int:
     started = time.perf_counter()
     results = asyncio.run(run(args, console))
     if args.steady_only:
-        console.print(results["steady"])
+        s, c = results["steady"], results["ceiling"]
+        console.print(
+            f"steady {s['messages_per_s']:,.0f} msg/s, {s['cpu_us_per_message']:.0f} µs CPU/msg; ceiling "
+            f"{c['messages_per_s']:,.0f} msg/s, {c['cpu_us_per_message']:.0f} µs CPU/msg; "
+            f"ratio {s['messages_per_s'] / c['messages_per_s']:.2f}; p99 {s['latency_p99_ms']:,.0f} ms"
+        )
         return 0
     results["targets"] = report.targets(results)
     results["run"] = {

@@ -55,14 +55,14 @@ async def ceiling(sizes: Sequence[int], window: int, tick: Tick) -> dict[str, fl
             tick(1)
 
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for i, size in enumerate(sizes):
             await slots.acquire()
             task = asyncio.create_task(one(i, size))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         delivered = await queue.drain_count()
     finally:
         await connection.close()
@@ -72,6 +72,7 @@ async def ceiling(sizes: Sequence[int], window: int, tick: Tick) -> dict[str, fl
         "delivered": delivered,
         "seconds": elapsed,
         "messages_per_s": len(sizes) / elapsed,
+        "cpu_us_per_message": 1e6 * cpu / max(1, len(sizes)),
         "mean_bytes": sum(sizes) / max(1, len(sizes)),
     }
 
