@@ -21,7 +21,6 @@ from bench.graph import SocialGraph, profile
 from bench.probes import DoneTimes, RedisRoundTrips
 from handlers.ports import OutgoingMessage
 from worker.adapters.memory_db import MemoryDatabase
-from worker.adapters.memory_feed import MemoryChangeFeed
 from worker.adapters.memory_stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,
@@ -30,13 +29,12 @@ from worker.adapters.memory_stores import (
     MemoryProfileSource,
 )
 from worker.app import (
-    POST_OPS,
     POSTS_STREAM,
-    PROFILE_OPS,
     PROFILES_STREAM,
     Runtime,
     Stores,
     assemble,
+    memory_feeds,
     rabbit_publisher,
     redis_client,
 )
@@ -131,12 +129,7 @@ class Rig:
         stores = Stores(
             self.source, self.post_store, self.follows, MemoryCheckpointStore(), MemoryDeadLetters()
         )
-        feeds = {
-            POSTS_STREAM: MemoryChangeFeed(self.db, POSTS_STREAM, "posts", frozenset(POST_OPS)),
-            PROFILES_STREAM: MemoryChangeFeed(
-                self.db, PROFILES_STREAM, "profiles", frozenset(PROFILE_OPS), update_lookup=True
-            ),
-        }
+        feeds = memory_feeds(self.db)
         self.runtime = assemble(self.settings, feeds, stores, publisher, self.redis)
         self.done = DoneTimes(self.runtime.posts)
         self.runtime.posts = self.done  # type: ignore[assignment]

@@ -13,7 +13,6 @@ import orjson
 import redis.asyncio as aioredis
 
 from worker.adapters.memory_db import MemoryDatabase
-from worker.adapters.memory_feed import MemoryChangeFeed
 from worker.adapters.memory_stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,
@@ -21,7 +20,8 @@ from worker.adapters.memory_stores import (
     MemoryPostStore,
     MemoryProfileSource,
 )
-from worker.app import POST_OPS, POSTS_STREAM, PROFILE_OPS, PROFILES_STREAM, Runtime, Stores, assemble
+from worker.app import Runtime, Stores, assemble, memory_feeds
+from worker.ports import ChangeFeed
 from worker.publisher import RabbitPublisher
 from worker.service import Worker
 from worker.settings import Settings
@@ -80,13 +80,8 @@ class World:
     def post(self, post_id: str, author_id: str, text: str = "hello") -> None:
         self.db.insert("posts", {"_id": post_id, "author_id": author_id, "text": text})
 
-    def feeds(self) -> dict[str, MemoryChangeFeed]:
-        return {
-            POSTS_STREAM: MemoryChangeFeed(self.db, POSTS_STREAM, "posts", frozenset(POST_OPS), False, 0.05),
-            PROFILES_STREAM: MemoryChangeFeed(
-                self.db, PROFILES_STREAM, "profiles", frozenset(PROFILE_OPS), True, 0.05
-            ),
-        }
+    def feeds(self) -> dict[str, ChangeFeed]:
+        return memory_feeds(self.db, 0.05)
 
     def runtime(self, cfg: Settings, redis: aioredis.Redis | None, publisher: Any = None) -> Runtime:
         stores = Stores(self.source, self.posts, self.graph, self.checkpoints, self.dead)

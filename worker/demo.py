@@ -21,7 +21,6 @@ from redis.exceptions import RedisError
 
 from enrichment.errors import ServiceUnavailable
 from worker.adapters.memory_db import MemoryDatabase
-from worker.adapters.memory_feed import MemoryChangeFeed
 from worker.adapters.memory_stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,
@@ -30,14 +29,11 @@ from worker.adapters.memory_stores import (
     MemoryProfileSource,
 )
 from worker.app import (
-    POST_OPS,
-    POSTS_STREAM,
-    PROFILE_OPS,
-    PROFILES_STREAM,
     ManagedPublisher,
     Runtime,
     Stores,
     assemble,
+    memory_feeds,
     rabbit_publisher,
     redis_client,
 )
@@ -123,12 +119,7 @@ async def run_demo(settings: Settings, workload: Workload, use_services: bool = 
     source = MemoryProfileSource(db)
     posts = MemoryPostStore(db)
     stores = Stores(source, posts, graph, MemoryCheckpointStore(), MemoryDeadLetters())
-    feeds = {
-        POSTS_STREAM: MemoryChangeFeed(db, POSTS_STREAM, "posts", frozenset(POST_OPS)),
-        PROFILES_STREAM: MemoryChangeFeed(
-            db, PROFILES_STREAM, "profiles", frozenset(PROFILE_OPS), update_lookup=True
-        ),
-    }
+    feeds = memory_feeds(db)
     redis = await _reachable_redis(settings) if use_services else None
     publisher: ManagedPublisher = rabbit_publisher(settings)
     consumer: _DemoConsumer | None = None
