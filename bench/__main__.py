@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import random
 import subprocess
@@ -192,8 +193,6 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    import os
-
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -221,7 +220,8 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results; smoke: a temp dir)")
     args = parser.parse_args()
-    out: Path = args.out or (Path(tempfile.mkdtemp(prefix="fanout-bench-")) if args.smoke else RESULTS)
+    scratch = tempfile.TemporaryDirectory(prefix="fanout-bench-") if args.smoke and not args.out else None
+    out: Path = args.out or (Path(scratch.name) if scratch is not None else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(width=None if sys.stdout.isatty() else 110)
     logger.remove()
@@ -247,8 +247,14 @@ def main() -> int:
     report.print_report(results, console)
     report.write_json(results, out / "results.json")
     report.write_chart(results, out / "deliveries.png")
-    console.print(f"results: {out / 'results.json'}, chart: {out / 'deliveries.png'}")
+    if scratch is None:
+        console.print(f"results: {out / 'results.json'}, chart: {out / 'deliveries.png'}")
+    else:
+        console.print("smoke run: the harness works end to end (results written, then removed)")
     missed = [t for t in results["targets"] if not t["met"]]
+    if scratch is not None:
+        logger.remove()
+        scratch.cleanup()
     if args.smoke:
         return 0
     return 1 if missed else 0

@@ -6,6 +6,7 @@ it reports.
 
 from __future__ import annotations
 
+import math
 import re
 import resource
 import threading
@@ -28,7 +29,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
