@@ -29,8 +29,9 @@ def tune_gc() -> None:
 
     Each message allocates many short-lived objects while the process holds a large long-lived heap
     (L1, clients). With CPython's default (a young collection every 700 allocations) the collector
-    cost about a fifth of the fan-out throughput (docs/performance.md). Process-wide: called by the
-    daemon's entry points, not by library code.
+    cost about a fifth of the fan-out throughput in ``make bench`` (docs/performance.md), whose
+    process also holds the MongoDB stand-in's data. Process-wide: called by the daemon's entry
+    points, not by library code.
     """
     gc.collect()
     gc.freeze()
