@@ -34,10 +34,10 @@ from worker.app import (
     Runtime,
     Stores,
     assemble,
-    memory_feeds,
     rabbit_publisher,
     redis_client,
 )
+from worker.demo import memory_feeds
 from worker.service import Worker, tune_gc
 from worker.settings import Settings
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,13 +97,21 @@ async def prime(rig: Rig, graph: SocialGraph, prior_posts: int, seed: int) -> di
     """Bring the caches to their steady state: what a worker holds after an hour of this traffic.
 
     The authors of ``prior_posts`` earlier posts (another seed) are looked up through the worker's
-    own read-through cache, in batches, so L2 (Redis, TTL an hour) and L1 hold what the pipeline
-    would have left there. Authors the measured window brings that this hour did not still miss.
+    own read-through cache, in batches, so L2 (Redis) and L1 hold what the pipeline would have left
+    there. In a steady state L2 entries are of every age, so each gets a remaining lifetime drawn
+    uniformly over the TTL: those due to expire during the measured window do, and are fetched
+    again. Authors the window brings that the hour did not still miss.
     """
-    assert rig.runtime is not None
+    assert rig.runtime is not None and rig.runtime.cache.l2 is not None and rig.redis is not None
     authors = list(dict.fromkeys(graph.authors(prior_posts, seed)))
     for start in range(0, len(authors), 500):
         await rig.runtime.cache.get_many(authors[start : start + 500])
+    rng = random.Random(seed)
+    ttl = rig.settings.redis.ttl_seconds
+    async with rig.redis.pipeline(transaction=False) as pipe:
+        for author in authors:
+            pipe.expire(rig.runtime.cache.l2.key(author), rng.randint(1, ttl))
+        await pipe.execute()
     return {"prior_posts": prior_posts, "distinct_authors": len(authors)}
 
 

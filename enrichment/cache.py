@@ -145,17 +145,9 @@ class LayeredCache:
             else:
                 future.set_result(found.get(user_id))
 
-    async def apply_change(self, snapshot: AuthorSnapshot) -> bool | None:
-        """A profile changed: drop the old L1 entry and replace L2 only if ``snapshot`` is newer.
-
-        Returns True if L2 took the new snapshot, False if it held a same-or-newer one (or there is
-        no L2), None if Redis could not be written: the write is then owed and replayed later.
-        """
-        written = await self.apply_changes([snapshot])
-        return None if written is None else written == 1
-
     async def apply_changes(self, snapshots: Sequence[AuthorSnapshot]) -> int | None:
-        """``apply_change`` for a batch, in one Redis round trip.
+        """Profiles changed: drop the old L1 entries and, in one Redis round trip, replace each L2
+        entry that holds an older version.
 
         Returns how many L2 took (0 without L2), or None if Redis could not be written: every
         write of the batch is then owed and replayed later.

@@ -24,12 +24,12 @@ OnGap = Callable[[], None]
 
 
 class InvalidationBus(Protocol):
-    async def publish(self, user_id: str, version: int) -> None:
-        """Tell every other replica that ``user_id`` changed to ``version``."""
-        ...
+    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> bool:
+        """Tell every other replica that each ``user_id`` changed to ``version``, in one round trip.
 
-    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> None:
-        """``publish`` for a batch of (user_id, version), in one round trip."""
+        False if they could not be told: the caller retries, or replicas may serve the old snapshot
+        from L1 until its TTL.
+        """
         ...
 
     async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
@@ -64,12 +64,9 @@ class RedisInvalidationBus:
         self.received = 0
         self.gaps = 0
 
-    async def publish(self, user_id: str, version: int) -> None:
-        await self.publish_many([(user_id, version)])
-
-    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> None:
+    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> bool:
         if not changes:
-            return
+            return True
         try:
             # One message per change, as replicas of every version read them, pipelined: one round
             # trip and one pooled connection for a whole storm of edits.
@@ -78,14 +75,17 @@ class RedisInvalidationBus:
                     pipe.publish(self._channel, orjson.dumps({"u": user_id, "v": version, "o": self.origin}))
                 await pipe.execute()
             self.published += len(changes)
+            return True
         except (RedisError, OSError) as exc:
-            # Replicas that miss this also lost their own subscription, and clear L1 on reconnect.
+            # Other replicas may still be subscribed (a pool wait or a timeout here): they must be
+            # told, so the caller retries.
             logger.warning(
                 "could not publish {} invalidation(s), e.g. for {}: {}",
                 len(changes),
                 changes[0][0],
                 type(exc).__name__,
             )
+            return False
 
     async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
         while True:
@@ -126,15 +126,13 @@ class LocalInvalidationBus:
         self._queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue(maxsize=10_000)
         self.published = 0
 
-    async def publish(self, user_id: str, version: int) -> None:
-        await self.publish_many([(user_id, version)])
-
-    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> None:
+    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> bool:
         self.published += len(changes)
         for peer in self._hub:
             for change in changes:
                 if peer is not self and not peer._queue.full():
                     peer._queue.put_nowait(change)
+        return True
 
     async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
         while True:

@@ -26,8 +26,9 @@ for i, key in ipairs(KEYS) do
   local ttl = tonumber(ARGV[3 * i - 1])
   local version = tonumber(ARGV[3 * i])
   local keep = false
-  local current = redis.call('GET', key)
-  if current then
+  -- pcall: a key of another type (written by something else) is overwritten, not a failed batch.
+  local current = redis.pcall('GET', key)
+  if type(current) == 'string' then
     local ok, doc = pcall(cjson.decode, current)
     if ok and type(doc) == 'table' and tonumber(doc['version']) ~= nil
         and tonumber(doc['version']) >= version then

@@ -64,12 +64,6 @@ class PostEncoder:
         )
 
 
-def post_message(
-    post: NewPost, author: AuthorSnapshot | None, recipients: list[str], index: int, last: bool
-) -> OutgoingMessage:
-    return PostEncoder(post, author).message(recipients, index, last)
-
-
 class PostCreatedHandler:
     def __init__(
         self,

@@ -88,14 +88,15 @@ class ProfileChangedHandler:
         a Redis connection per edit). Then each change's posts are rewritten and
         ``profile.updated`` is published, concurrently.
 
-        If Redis could not take the new snapshots, everything else is still done, then the events
-        fail as ServiceUnavailable: they are retried (and replayed after a restart) until Redis has
-        them, since Redis would otherwise serve the old snapshots until their TTL. The retries repeat
-        ``profile.updated`` under the same message_id, which consumers de-duplicate.
+        If Redis could not take the new snapshots, or other replicas could not be told, everything
+        else is still done, then the events fail as ServiceUnavailable: they are retried (and
+        replayed after a restart) until it worked, since Redis or a replica's L1 would otherwise
+        serve the old snapshots until their TTL. The retries repeat ``profile.updated`` under the
+        same message_id, which consumers de-duplicate.
         """
         try:
             written = await self._cache.apply_changes(snapshots)
-            await self._bus.publish_many([(s.user_id, s.version) for s in snapshots])
+            told = await self._bus.publish_many([(s.user_id, s.version) for s in snapshots])
         except Exception as exc:
             for i in range(len(snapshots)):
                 report(i, exc)
@@ -111,6 +112,10 @@ class ProfileChangedHandler:
                 await (await self._publisher.send(profile_message(snapshot)))
                 if written is None:
                     raise ServiceUnavailable(f"Redis did not take {snapshot.user_id} v{snapshot.version} yet")
+                if not told:
+                    raise ServiceUnavailable(
+                        f"replicas were not told of {snapshot.user_id} v{snapshot.version}"
+                    )
             except Exception as exc:
                 report(i, exc)
                 return

@@ -20,7 +20,8 @@ from worker.adapters.memory_stores import (
     MemoryPostStore,
     MemoryProfileSource,
 )
-from worker.app import Runtime, Stores, assemble, memory_feeds
+from worker.app import Runtime, Stores, assemble
+from worker.demo import memory_feeds
 from worker.ports import ChangeFeed
 from worker.publisher import RabbitPublisher
 from worker.service import Worker

@@ -22,8 +22,6 @@ from enrichment.source import ProfileSource
 from handlers.ports import DeadLetters, FollowerGraph, PostStore, Publisher
 from handlers.posts import PostCreatedHandler
 from handlers.profiles import ProfileChangedHandler
-from worker.adapters.memory_db import MemoryDatabase
-from worker.adapters.memory_feed import MemoryChangeFeed
 from worker.adapters.mongo_feed import MongoChangeFeed
 from worker.adapters.mongo_stores import (
     MongoCheckpointStore,
@@ -127,19 +125,6 @@ def assemble(
         dead_letters=stores.dead_letters,
         leases=stores.leases,
     )
-
-
-def memory_feeds(db: MemoryDatabase, max_await_seconds: float = 0.2) -> dict[str, ChangeFeed]:
-    """Both change feeds over the in-memory MongoDB stand-in (demo, benchmarks, tests), watching
-    what ``build_runtime``'s do. NOT MongoDB."""
-    return {
-        POSTS_STREAM: MemoryChangeFeed(
-            db, POSTS_STREAM, "posts", frozenset(POST_OPS), False, max_await_seconds
-        ),
-        PROFILES_STREAM: MemoryChangeFeed(
-            db, PROFILES_STREAM, "profiles", frozenset(PROFILE_OPS), True, max_await_seconds
-        ),
-    }
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from enrichment.errors import ServiceUnavailable
 from worker.adapters.memory_db import MemoryDatabase
+from worker.adapters.memory_feed import MemoryChangeFeed
 from worker.adapters.memory_stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,
@@ -29,17 +30,34 @@ from worker.adapters.memory_stores import (
     MemoryProfileSource,
 )
 from worker.app import (
+    POST_OPS,
+    POSTS_STREAM,
+    PROFILE_OPS,
+    PROFILES_STREAM,
     ManagedPublisher,
     Runtime,
     Stores,
     assemble,
-    memory_feeds,
     rabbit_publisher,
     redis_client,
 )
+from worker.ports import ChangeFeed
 from worker.publisher import MemoryPublisher
 from worker.service import Worker
 from worker.settings import Settings
+
+
+def memory_feeds(db: MemoryDatabase, max_await_seconds: float = 0.2) -> dict[str, ChangeFeed]:
+    """Both change feeds over the in-memory MongoDB stand-in (demo, benchmarks, tests), watching
+    what ``build_runtime``'s do. NOT MongoDB."""
+    return {
+        POSTS_STREAM: MemoryChangeFeed(
+            db, POSTS_STREAM, "posts", frozenset(POST_OPS), False, max_await_seconds
+        ),
+        PROFILES_STREAM: MemoryChangeFeed(
+            db, PROFILES_STREAM, "profiles", frozenset(PROFILE_OPS), True, max_await_seconds
+        ),
+    }
 
 
 @dataclass(frozen=True)

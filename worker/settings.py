@@ -58,7 +58,7 @@ class RedisSettings(_Section):
     negative_ttl_seconds: int = Field(30, gt=0)
     socket_timeout_seconds: float = Field(0.5, gt=0)
     max_connections: int = Field(32, gt=1, le=10_000)
-    pool_wait_seconds: float = Field(2.0, gt=0)
+    pool_wait_seconds: float = Field(0.5, gt=0, le=60)
     breaker_threshold: int = Field(3, gt=0)
     breaker_cooldown_seconds: float = Field(5.0, gt=0)
 

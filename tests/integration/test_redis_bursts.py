@@ -1,7 +1,8 @@
-"""A burst wider than the Redis connection pool waits for connections instead of failing.
+"""Bursts against Redis: wider than the connection pool, and storms of profile edits.
 
 Found by the profile-storm benchmark: with redis-py's default pool (100 connections, then
 MaxConnectionsError), 1,000 concurrent profile edits read as a Redis outage and were retried.
+Edits now cascade per micro-batch, and a burst wider than the pool waits for a connection.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
+from enrichment.breaker import CircuitBreaker
 from enrichment.invalidation import RedisInvalidationBus
+from enrichment.redis_layer import RedisLayer
 from enrichment.snapshot import AuthorSnapshot
 from handlers.events import ChangeEvent
 from tests.conftest import REDIS_URL
@@ -22,7 +25,30 @@ from tests.harness import Collector, World, settings, start, wait_for
 from worker.app import redis_client
 
 
-async def test_profile_edits_beyond_the_pool_size_all_cascade_on_their_first_attempt(
+async def test_lookups_beyond_the_pool_size_wait_for_a_connection_instead_of_failing(
+    key_prefix: str, redis: aioredis.Redis
+) -> None:
+    # Given the worker's Redis client with a pool of 2 connections, behind the L2 layer
+    base = settings(key_prefix)
+    cfg = base.model_copy(
+        update={"redis": base.redis.model_copy(update={"url": SecretStr(REDIS_URL), "max_connections": 2})}
+    )
+    client = redis_client(cfg)
+    layer = RedisLayer(client, key_prefix, 60, 0.0, 30, CircuitBreaker(3, 5.0))
+    await redis.set(f"{key_prefix}snap:u07", AuthorSnapshot("u07", "u07", "U", None, 1).to_json())
+    try:
+        # When 60 lookups hit Redis at once (many micro-batches in flight)
+        results = await asyncio.gather(*(layer.get_many([f"u{i:02d}"]) for i in range(60)))
+    finally:
+        await client.aclose()
+    # Then every one was answered: none failed, the breaker stayed closed
+    assert layer.errors == 0
+    assert layer.available
+    assert sum(len(r) for r in results) == 1
+    assert results[7] == {"u07": AuthorSnapshot("u07", "u07", "U", None, 1)}
+
+
+async def test_a_storm_of_profile_edits_cascades_every_edit_on_its_first_attempt(
     redis: aioredis.Redis, key_prefix: str, exchange: str, collector: Collector
 ) -> None:
     # Given a worker whose Redis pool holds only 2 connections, and 60 users

@@ -225,16 +225,16 @@ async def test_cancelling_a_waiter_does_not_disturb_the_owner_or_other_waiters()
     assert w1.cancelled()
 
 
-async def test_apply_change_drops_l1_so_the_next_lookup_reads_the_new_version() -> None:
+async def test_apply_changes_drops_l1_so_the_next_lookup_reads_the_new_version() -> None:
     # Given version 1 cached in L1
     source = FakeSource({"a": snap("a", 1)})
     cache = make_cache(source)
     await cache.get_many(["a"])
     # When the profile changes to version 2 and the change is applied
     source.profiles["a"] = snap("a", 2)
-    replaced_l2 = await cache.apply_change(snap("a", 2))
+    replaced_l2 = await cache.apply_changes([snap("a", 2)])
     # Then there is no L2 to replace, L1 misses, and the next lookup reads version 2
-    assert replaced_l2 is False
+    assert replaced_l2 == 0
     assert cache.l1.get_many(["a"]) == ({}, ["a"])
     assert await cache.get_many(["a"]) == {"a": snap("a", 2)}
     assert len(source.calls) == 2
@@ -249,7 +249,7 @@ async def test_a_stale_in_flight_fill_cannot_put_an_older_version_back_in_l1() -
     await until(lambda: len(source.calls) == 1, "the slow query")
     # When the profile changes to version 2 and the change is applied before the fill lands
     source.profiles["a"] = snap("a", 2)
-    await cache.apply_change(snap("a", 2))
+    await cache.apply_changes([snap("a", 2)])
     source.gate.set()
     await slow
     # Then L1 does not hold version 1
@@ -280,7 +280,7 @@ async def test_a_lookup_started_after_apply_change_does_not_get_the_older_versio
     await until(lambda: len(source.calls) == 1, "the slow query")
     # When the profile changes to version 2, the change is applied, and only then a new lookup starts
     source.profiles["a"] = snap("a", 2)
-    await cache.apply_change(snap("a", 2))
+    await cache.apply_changes([snap("a", 2)])
     fresh = asyncio.create_task(cache.get_many(["a"]))
     await asyncio.sleep(0)
     source.gate.set()

@@ -143,10 +143,11 @@ async def test_the_message_carries_the_post_and_the_author_snapshot() -> None:
     assert s.db.collection("posts")["p1"]["author_snapshot"]["version"] == 4
 
 
+@pytest.mark.parametrize("page", [1, 2, 3, 1_000])
 @pytest.mark.parametrize("others", [0, 2, 3, 5])
-async def test_the_author_is_never_a_recipient_even_when_following_themself(others: int) -> None:
-    # Given an author who follows themself, among `others` followers
-    s = Setup()
+async def test_the_author_is_never_a_recipient_even_when_following_themself(others: int, page: int) -> None:
+    # Given an author who follows themself, among `others` followers, read in pages of any size
+    s = Setup(graph=MemoryFollowerGraph(page_size=page))
     s.add_user("m")
     fans = sorted(f"a{i}" if i % 2 else f"z{i}" for i in range(others))
     s.graph.set_followers("m", [*fans, "m"])  # sorted in: "m" lands between the a* and z* followers

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from enrichment.cache import LayeredCache
+from enrichment.errors import ServiceUnavailable
 from enrichment.invalidation import LocalInvalidationBus
 from enrichment.memory import MemoryLayer
 from enrichment.snapshot import AuthorSnapshot
@@ -70,3 +71,26 @@ async def test_a_storm_rewrites_at_most_rewrite_concurrency_authors_at_once_and_
     assert sorted(m.message_id for m in publisher.messages) == sorted(
         f"profile:u{i:02d}:v:2" for i in range(50)
     )
+
+
+class DeafBus(LocalInvalidationBus):
+    """Other replicas cannot be told (Redis refused the publish)."""
+
+    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> bool:
+        return False
+
+
+async def test_changes_other_replicas_were_not_told_of_are_retried_after_the_rest_is_done() -> None:
+    # Given a bus that cannot reach the other replicas
+    store = SlowPostStore()
+    cache = LayeredCache(MemoryLayer(100, 60.0, 10.0), None, MemoryProfileSource(MemoryDatabase()))
+    publisher = MemoryPublisher()
+    handler = ProfileChangedHandler(cache, DeafBus(), store, publisher)
+    # When two changes are handled
+    results = await handler.handle_events([replace_event("a", 1), replace_event("b", 2)])
+    # Then both fail as a dependency being away (retried, never dead-lettered)
+    assert all(isinstance(r, ServiceUnavailable) for r in results)
+    # after their posts were rewritten and profile.updated published (a retry repeats them, idempotently)
+    assert handler.stats.posts_rewritten == 6
+    assert len(publisher.messages) == 2
+    assert handler.stats.changes == 0

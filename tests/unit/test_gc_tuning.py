@@ -1,0 +1,28 @@
+"""tune_gc: what the daemon's entry points do to the collector (docs/performance.md)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from worker.service import GC_GEN0_THRESHOLD, tune_gc
+
+
+@pytest.fixture
+def restore_gc() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+@pytest.mark.usefixtures("restore_gc")
+def test_start_up_objects_are_frozen_and_young_collections_are_rarer() -> None:
+    _, older, oldest = gc.get_threshold()
+    kept = [object() for _ in range(10)]
+    tune_gc()
+    assert gc.get_freeze_count() >= len(kept)
+    assert gc.get_threshold() == (GC_GEN0_THRESHOLD, older, oldest)
+    assert GC_GEN0_THRESHOLD > 700  # CPython's default
