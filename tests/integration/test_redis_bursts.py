@@ -149,3 +149,18 @@ async def test_a_batch_of_profile_changes_costs_one_l2_write_and_one_invalidatio
     with contextlib.suppress(asyncio.CancelledError):
         await listener
     assert sorted(heard) == [(u, 2) for u in users]
+
+
+async def test_a_key_of_another_type_is_overwritten_without_failing_the_batch(
+    key_prefix: str, redis: aioredis.Redis
+) -> None:
+    # Given an L2 key that something else wrote as a hash, among keys of a batch of changes
+    layer = RedisLayer(redis, key_prefix, 60, 0.0, 30, CircuitBreaker(3, 5.0))
+    await redis.hset(f"{key_prefix}snap:odd", "x", "1")  # type: ignore[misc]
+    batch = [AuthorSnapshot(u, u, u.upper(), None, 2) for u in ("a", "odd", "b")]
+    # When the batch is written
+    written = await layer.put_many([(s.user_id, s) for s in batch])
+    # Then every snapshot was written, the odd key replaced by a snapshot, and Redis never looked down
+    assert written == 3
+    assert layer.errors == 0
+    assert await layer.get_many(["a", "odd", "b"]) == {s.user_id: s for s in batch}
