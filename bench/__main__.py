@@ -135,10 +135,11 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             results["naive"] = await references.naive(
                 steady_posts, rig.source, rig.follows, sizes.naive_messages, count
             )
-            # The ceiling again, after everything else on this broker: the ratio uses the mean.
-            count = phases.counter("ceiling again (end)", len(sample))
+            # The ceiling again, after the half-load, sweep and baseline phases: the ratio uses the mean.
+            count = phases.counter("ceiling again", len(sample))
             results["ceiling_end"] = await references.ceiling(sample, window, count)
             results["dead_lettered"] = rig.dead_lettered
+            results["retried"] = rig.retries
         finally:
             await rig.stop()
 
@@ -174,6 +175,7 @@ async def storm(base: Settings, sizes: Sizes, tick: Any) -> dict[str, Any]:
         result = await scenarios.storm(rig, peer, sizes, tick)
         result["expected_rewrites"] = sizes.storm_users * sizes.storm_posts_per_user
         result["dead_lettered"] = rig.dead_lettered
+        result["retried"] = rig.retries
         return result
     finally:
         peer.kill()

@@ -21,11 +21,21 @@ def ceiling_rate(r: dict[str, Any]) -> float:
 
 def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
     """What must hold for the numbers to mean anything: nothing lost, nothing dead-lettered."""
-    s, st = r["steady"], r["storm"]
+    s, st, h = r["steady"], r["storm"], r["half_load"]
     rows = [
         ("steady: every confirmed message is in the queue", s["delivered_to_queue"] == s["messages"]),
-        ("ceiling: every message is in the queue", r["ceiling"]["delivered"] == r["ceiling"]["messages"]),
-        ("nothing dead-lettered", r.get("dead_lettered", 0) == 0 and st["dead_lettered"] == 0),
+        ("half load: every confirmed message is in the queue", h["delivered_to_queue"] == h["messages"]),
+        (
+            "sweep: every confirmed message is in the queue",
+            all(row["delivered_to_queue"] == row["messages"] for row in r["sweep"]["ours"]),
+        ),
+        (
+            "references: every message is in the queue",
+            all(r[k]["delivered"] == r[k]["messages"] for k in ("ceiling", "ceiling_end", "naive"))
+            and all(row["delivered"] == row["messages"] for row in r["sweep"]["naive"]),
+        ),
+        ("nothing dead-lettered", r["dead_lettered"] == 0 and st["dead_lettered"] == 0),
+        ("no event retried (no dependency failed one)", r["retried"] == 0 and st["retried"] == 0),
         ("storm: every post rewritten", st["posts_rewritten"] == st["expected_rewrites"]),
         ("storm: the second replica heard every edit", st["invalidations_received"] == st["edits"]),
         ("storm: no stale L1 entry left on the second replica", st["peer_l1_stale_after"] == 0),

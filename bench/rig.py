@@ -181,6 +181,17 @@ class Rig:
         )
 
     @property
+    def confirmed(self) -> int:
+        assert self.runtime is not None
+        return self.runtime.publisher.stats.confirmed
+
+    @property
+    def retries(self) -> int:
+        """Events retried: a dependency failed them (none should, on a healthy machine)."""
+        assert self.worker is not None
+        return sum(p.stats.retries for p in self.worker.pipelines)
+
+    @property
     def dead_lettered(self) -> int:
         assert self.worker is not None
         return sum(p.stats.dead_lettered for p in self.worker.pipelines)

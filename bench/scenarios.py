@@ -112,6 +112,9 @@ async def prime(rig: Rig, graph: SocialGraph, prior_posts: int, seed: int) -> di
         for author in authors:
             pipe.expire(rig.runtime.cache.l2.key(author), rng.randint(1, ttl))
         await pipe.execute()
+    # L1 would hold only the last minute's authors, at every age; primed all at once it would hide
+    # the L2 ageing for a minute and then expire together. Start the window with it empty instead.
+    rig.runtime.cache.l1.clear()
     return {"prior_posts": prior_posts, "distinct_authors": len(authors)}
 
 
@@ -200,6 +203,7 @@ async def half_load(
     writes = list(workload(graph, count, edit_rate, seed))
     first = len(rig.offered)
     before_posts, before_edits = rig.handled(POSTS_STREAM), rig.handled(PROFILES_STREAM)
+    confirmed = rig.confirmed
     interval = 1 / posts_per_s
     start = time.monotonic() + 0.01
     n = edits = 0
@@ -216,9 +220,11 @@ async def half_load(
         n += 1
         tick(n)
     await rig.wait_handled(before_posts + n, before_edits + edits)
-    await rig.queue.drain_count()  # type: ignore[union-attr]
+    delivered = await rig.queue.drain_count()  # type: ignore[union-attr]
     lat = rig.latencies(list(rig.offered)[first:])
     return {
+        "messages": rig.confirmed - confirmed,
+        "delivered_to_queue": delivered,
         "offered_posts_per_s": posts_per_s,
         "posts": n,
         "latency_p50_ms": percentile(lat, 50) * 1000,
@@ -233,7 +239,7 @@ async def sweep(rig: Rig, sizes: Sizes, tick: Tick) -> list[dict[str, Any]]:
     chunk = rig.settings.pipeline.chunk_size
     for count in SWEEP_FOLLOWERS:
         posts = max(1, sizes.sweep_messages // math.ceil(count / chunk))
-        before = rig.handled(POSTS_STREAM)
+        before, confirmed = rig.handled(POSTS_STREAM), rig.confirmed
         recipients = rig.runtime.posts.stats.recipients  # type: ignore[union-attr]
         started = time.monotonic()
         for _ in range(posts):
@@ -241,9 +247,16 @@ async def sweep(rig: Rig, sizes: Sizes, tick: Tick) -> list[dict[str, Any]]:
         await rig.wait_handled(before + posts, rig.handled(PROFILES_STREAM))
         elapsed = time.monotonic() - started
         delivered = rig.runtime.posts.stats.recipients - recipients  # type: ignore[union-attr]
-        await rig.queue.drain_count()  # type: ignore[union-attr]
+        queued = await rig.queue.drain_count()  # type: ignore[union-attr]
         rows.append(
-            {"followers": count, "posts": posts, "seconds": elapsed, "recipients_per_s": delivered / elapsed}
+            {
+                "followers": count,
+                "posts": posts,
+                "seconds": elapsed,
+                "recipients_per_s": delivered / elapsed,
+                "messages": rig.confirmed - confirmed,
+                "delivered_to_queue": queued,
+            }
         )
         tick(1)
     return rows

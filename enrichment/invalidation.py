@@ -128,11 +128,16 @@ class LocalInvalidationBus:
 
     async def publish_many(self, changes: Sequence[tuple[str, int]]) -> bool:
         self.published += len(changes)
+        told = True
         for peer in self._hub:
             for change in changes:
-                if peer is not self and not peer._queue.full():
+                if peer is self:
+                    continue
+                if peer._queue.full():
+                    told = False
+                else:
                     peer._queue.put_nowait(change)
-        return True
+        return told
 
     async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
         while True:

@@ -80,6 +80,10 @@ class ProfileChangedHandler:
         """``process`` with the results collected in order."""
         return await collect(self.process, events)
 
+    async def _retry_publish(self, changes: list[tuple[str, int]]) -> bool:
+        await asyncio.sleep(0.1)
+        return await self._bus.publish_many(changes)
+
     async def cascade(self, snapshots: Sequence[AuthorSnapshot], report: Report) -> None:
         """Cascade display changes. Idempotent: a replay changes nothing newer.
 
@@ -96,7 +100,9 @@ class ProfileChangedHandler:
         """
         try:
             written = await self._cache.apply_changes(snapshots)
-            told = await self._bus.publish_many([(s.user_id, s.version) for s in snapshots])
+            changes = [(s.user_id, s.version) for s in snapshots]
+            # One more try before failing the batch: a failure means redoing every cascade in it.
+            told = await self._bus.publish_many(changes) or await self._retry_publish(changes)
         except Exception as exc:
             for i in range(len(snapshots)):
                 report(i, exc)

@@ -164,3 +164,17 @@ async def test_a_key_of_another_type_is_overwritten_without_failing_the_batch(
     assert written == 3
     assert layer.errors == 0
     assert await layer.get_many(["a", "odd", "b"]) == {s.user_id: s for s in batch}
+
+
+async def test_invalidations_redis_refuses_are_reported_not_told() -> None:
+    # Given a bus whose Redis does not answer
+    dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    bus = RedisInvalidationBus(dead, "nobody-listens")
+    try:
+        # When a batch of invalidations is published
+        told = await bus.publish_many([("a", 2), ("b", 3)])
+    finally:
+        await dead.aclose()
+    # Then the caller learns the replicas were not told (and retries the events)
+    assert told is False
+    assert bus.published == 0
