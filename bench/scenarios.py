@@ -281,7 +281,7 @@ async def storm(rig: Rig, peer: Any, sizes: Sizes, tick: Tick) -> dict[str, Any]
     await rig.wait_handled(rig.handled(POSTS_STREAM), before + len(users))
     elapsed = time.monotonic() - started
     tick(len(users))
-    await asyncio.sleep(0.2)  # the last invalidations are on the wire to the peer
+    await asyncio.sleep(0.5)  # the last invalidations are on the wire to the peer
     done = rig.runtime.profiles.stats.posts_rewritten - rewritten  # type: ignore[union-attr]
     heard, stale = await peer.finish()
     lat = [heard[(u, 2)] - rig.edited[(u, 2)] for u in users if (u, 2) in heard]
