@@ -149,7 +149,7 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         count = phases.counter("2. celebrity", len(sizes.celebrity))
         results["celebrity"] = []
         for followers in sizes.celebrity:
-            results["celebrity"].append(celebrity(followers, window))
+            results["celebrity"].append(celebrity(followers, window, base.pipeline.chunk_size))
             count(1)
     return results
 
@@ -182,10 +182,10 @@ async def storm(base: Settings, sizes: Sizes, tick: Any) -> dict[str, Any]:
         await rig.stop()
 
 
-def celebrity(followers: int, window: int) -> dict[str, Any]:
+def celebrity(followers: int, window: int, chunk_size: int) -> dict[str, Any]:
     """In a fresh process, so earlier phases' memory does not hide the growth."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.celebrity", str(followers), str(window)],
+        [sys.executable, "-m", "bench.celebrity", str(followers), str(window), str(chunk_size)],
         capture_output=True,
         timeout=600,
     )

@@ -1,6 +1,6 @@
 """Celebrity fan-out in a fresh process: one post to N followers, wall time and RSS growth.
 
-    python -m bench.celebrity 1000000      # prints one JSON object
+    python -m bench.celebrity 1000000 [WINDOW [CHUNK_SIZE]]   # prints one JSON object
 
 A process of its own, so the growth is not hidden by memory an earlier phase already took.
 """
@@ -55,9 +55,15 @@ async def celebrity(followers: int, base: Settings) -> dict[str, Any]:
 def main() -> None:
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
-    window = int(sys.argv[2]) if len(sys.argv) > 2 else 256
     base = Settings()
-    base = base.model_copy(update={"rabbitmq": base.rabbitmq.model_copy(update={"publish_window": window})})
+    window = int(sys.argv[2]) if len(sys.argv) > 2 else base.rabbitmq.publish_window
+    chunk = int(sys.argv[3]) if len(sys.argv) > 3 else base.pipeline.chunk_size
+    base = base.model_copy(
+        update={
+            "rabbitmq": base.rabbitmq.model_copy(update={"publish_window": window}),
+            "pipeline": base.pipeline.model_copy(update={"chunk_size": chunk}),
+        }
+    )
     result = asyncio.run(celebrity(int(sys.argv[1]), base))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
 
