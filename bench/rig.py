@@ -211,11 +211,11 @@ class Rig:
                 raise RuntimeError("the worker stopped")
             await asyncio.sleep(0.002)
 
-    def latencies(self, post_ids: list[str] | None = None) -> list[float]:
-        """Seconds from each post's write to its last confirm."""
+    def latencies(self, since: int = 0) -> list[float]:
+        """Seconds from write to last confirm of each post written since the ``since``-th."""
         assert self.done is not None
-        ids = post_ids if post_ids is not None else list(self.offered)
-        return [self.done.done[p] - self.offered[p] for p in ids if p in self.done.done]
+        done = self.done.done
+        return [done[p] - at for p, at in list(self.offered.items())[since:] if p in done]
 
     async def stop(self) -> None:
         if self.worker is not None and self._task is not None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.graph import SocialGraph, Write, follower_id, profile, workload
-from bench.peer import storm_user
-from bench.probes import process_peak_rss
+from bench.peer import PeerProcess, storm_user
+from bench.probes import percentile, process_peak_rss
 from bench.rig import Rig
 from worker.app import POSTS_STREAM, PROFILES_STREAM
 
@@ -97,8 +97,8 @@ async def prime(rig: Rig, graph: SocialGraph, prior_posts: int, seed: int) -> di
     """Bring the caches to their steady state: what a worker holds after an hour of this traffic.
 
     The authors of ``prior_posts`` earlier posts (another seed) are looked up through the worker's
-    own read-through cache, in batches, so L2 (Redis) and L1 hold what the pipeline would have left
-    there. In a steady state L2 entries are of every age, so each gets a remaining lifetime drawn
+    own read-through cache, in batches, so L2 (Redis) holds what the pipeline would have left there.
+    In a steady state L2 entries are of every age, so each gets a remaining lifetime drawn
     uniformly over the TTL: those due to expire during the measured window do, and are fetched
     again. Authors the window brings that the hour did not still miss.
     """
@@ -149,9 +149,7 @@ async def steady(rig: Rig, graph: SocialGraph, sizes: Sizes, seed: int, tick: Ti
     d = _delta(_snapshot(rig), warm)
     delivered = await rig.queue.drain_count()  # type: ignore[union-attr]
     lookups = d["l1"] + d["l2"] + d["l3"] + d["missing"] + d["shared"]
-    lat = rig.latencies(list(rig.offered)[first:])
-    from bench.probes import percentile
-
+    lat = rig.latencies(since=first)
     return {
         "posts": d["posts"],
         "edits": d["edits"],
@@ -197,8 +195,6 @@ async def half_load(
 ) -> dict[str, Any]:
     """Open loop: posts written on a fixed schedule at ``posts_per_s``; latency from the schedule,
     so a stall is charged to every post it delays."""
-    from bench.probes import percentile
-
     count = max(1, int(posts_per_s * seconds))
     writes = list(workload(graph, count, edit_rate, seed))
     first = len(rig.offered)
@@ -221,7 +217,7 @@ async def half_load(
         tick(n)
     await rig.wait_handled(before_posts + n, before_edits + edits)
     delivered = await rig.queue.drain_count()  # type: ignore[union-attr]
-    lat = rig.latencies(list(rig.offered)[first:])
+    lat = rig.latencies(since=first)
     return {
         "messages": rig.confirmed - confirmed,
         "delivered_to_queue": delivered,
@@ -262,14 +258,12 @@ async def sweep(rig: Rig, sizes: Sizes, tick: Tick) -> list[dict[str, Any]]:
     return rows
 
 
-async def storm(rig: Rig, peer: Any, sizes: Sizes, tick: Tick) -> dict[str, Any]:
+async def storm(rig: Rig, peer: PeerProcess, sizes: Sizes, tick: Tick) -> dict[str, Any]:
     """Profile storm: ``storm_users`` edits by users holding ``storm_posts_per_user`` posts each.
 
     ``peer`` is a second replica in a process of its own (bench.peer.PeerProcess); each edit's
     invalidation latency is from the write to that replica dropping the user from its L1.
     """
-    from bench.probes import percentile
-
     users = [storm_user(i) for i in range(sizes.storm_users)]
     before = rig.handled(PROFILES_STREAM)
     rewritten = rig.runtime.profiles.stats.posts_rewritten  # type: ignore[union-attr]
