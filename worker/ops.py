@@ -94,7 +94,7 @@ async def _check_rabbitmq(settings: Settings) -> CheckResult:
         return CheckResult("rabbitmq", False, _at(where, exc))
     finally:
         await connection.close()
-    return CheckResult("rabbitmq", True, "connected; exchange and queues match the config")
+    return CheckResult("rabbitmq", True, "connected; no exchange or queue conflicts with the config")
 
 
 def format_table(rows: Sequence[tuple[str, ...]]) -> str:

@@ -20,9 +20,11 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.exceptions import ChannelPreconditionFailed
+from loguru import logger
 from pydantic import ValidationError
 
 from enrichment.errors import ConfigError, ServiceUnavailable
+from handlers.ports import OutgoingMessage
 from tests.conftest import AMQP_URL, REDIS_URL
 from tests.support.wire_mongo import WireMongo
 from worker.publisher import RabbitPublisher
@@ -322,7 +324,9 @@ def fanout_worker(command: str, exchange: str, mongo_uri: str) -> subprocess.Com
     )
     binary = Path(sys.executable).with_name("fanout-worker")
     config = Path(__file__).resolve().parents[2] / "config.toml"
-    return subprocess.run([str(binary), command, "--config", str(config)], env=env, capture_output=True, text=True, timeout=50)
+    return subprocess.run(
+        [str(binary), command, "--config", str(config)], env=env, capture_output=True, text=True, timeout=50
+    )
 
 
 async def test_run_and_check_report_an_exchange_of_another_type_as_a_config_error(
@@ -398,3 +402,27 @@ def test_a_classic_queue_may_be_transient_and_names_must_be_unique() -> None:
         TopologySettings(queues=[QueueSpec(name="q", bindings=["a"]), QueueSpec(name="q", bindings=["b"])])
     with pytest.raises(ValidationError, match="unique"):  # collides with the DLQ of DLX "d"
         TopologySettings(queues=[QueueSpec(name="d.queue", bindings=["a"], dead_letter_exchange="d")])
+
+
+async def test_an_exchange_of_another_type_mid_run_holds_publishes_and_logs_until_it_is_fixed(
+    connection: AbstractConnection, names: Names
+) -> None:
+    # Given the exchange exists as direct when the publisher (re)connects mid-run
+    await (await connection.channel()).declare_exchange(
+        names.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
+    publisher = RabbitPublisher(AMQP_URL, names.exchange, 8, 5.0, 0.3)
+    try:
+        # When a message is sent, it is held (retried), not failed, and the reason is logged
+        done = await publisher.send(OutgoingMessage("post.created", "post:p1:chunk:0", "p1", b"{}"))
+        await asyncio.sleep(1.0)
+        assert not done.done()
+        assert any("its type is 'direct', fanout-worker declares 'topic'" in e for e in errors), errors
+        # Then once the operator deletes the exchange, the publisher declares it and goes on
+        await (await connection.channel()).exchange_delete(names.exchange)
+        await asyncio.wait_for(done, 10)
+    finally:
+        logger.remove(sink)
+        await publisher.close()
