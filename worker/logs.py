@@ -59,7 +59,22 @@ def _patch(record: Record) -> None:
             record["extra"][key] = redact(value)
     exc = record["exception"]
     if exc is not None and exc.value is not None:
-        exc.value.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.value.args)
+        _redact_exception(exc.value)
+
+
+def _redact_exception(exc: BaseException) -> None:
+    """Redact what a traceback prints of an exception and of every exception it was chained from."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.args = tuple(redact(a) if isinstance(a, str) else a for a in link.args)
+        if isinstance(link, OSError):  # str(OSError) is built from these, not from args
+            if isinstance(link.strerror, str):
+                link.strerror = redact(link.strerror)
+            if isinstance(link.filename, str):
+                link.filename = redact(link.filename)
+        link = link.__cause__ or link.__context__
 
 
 class _Intercept(logging.Handler):

@@ -21,6 +21,8 @@ from loguru import logger
 from enrichment.backoff import Backoff
 from enrichment.errors import ConfigError, ServiceUnavailable
 from handlers.ports import OutgoingMessage
+from worker import uris
+from worker.failures import cause
 from worker.topology import guard
 
 
@@ -163,7 +165,8 @@ class RabbitPublisher:
                 except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
                     await self._drop_connection()
                     if not retry:
-                        raise ServiceUnavailable(f"RabbitMQ is unreachable: {type(exc).__name__}") from None
+                        where = uris.validate_amqp(self._url).endpoints()
+                        raise ServiceUnavailable(f"RabbitMQ is unreachable: {where}: {cause(exc)}") from None
                     delay = self._backoff.next_delay()
                     logger.warning(
                         "RabbitMQ unreachable ({}); retrying in {:.1f}s", type(exc).__name__, delay

@@ -34,6 +34,8 @@ from aiormq.exceptions import ChannelAccessRefused
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from enrichment.errors import ConfigError, ServiceUnavailable
+from worker import uris
+from worker.failures import cause
 
 T = TypeVar("T")
 DLQ_SUFFIX = ".queue"
@@ -275,4 +277,5 @@ async def ensure_topology(
             channel = await asyncio.wait_for(connection.channel(), timeout_seconds)
             await asyncio.wait_for(declare_topology(channel, exchange_name, topology), timeout_seconds)
     except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
-        raise ServiceUnavailable(f"RabbitMQ is unreachable: {type(exc).__name__}") from None
+        where = uris.validate_amqp(url).endpoints()
+        raise ServiceUnavailable(f"RabbitMQ is unreachable: {where}: {cause(exc)}") from None

@@ -92,7 +92,7 @@ def test_unreachable_mongodb_at_start_exits_3_without_leaking_the_password() -> 
         },
     )
     assert result.returncode == 3
-    assert "MongoDB is unreachable" in result.stderr
+    assert "MongoDB is unreachable: 127.0.0.1:1: connection refused" in result.stderr
     assert_no_secret(result)
 
 
@@ -102,7 +102,7 @@ def test_unreachable_redis_at_start_exits_3_without_leaking_the_password(wire: W
         {"FANOUT_MONGO__URI": wire.uri, "FANOUT_REDIS__URL": "redis://:r3dis-s3cret@127.0.0.1:1/0"},
     )
     assert result.returncode == 3
-    assert "Redis is unreachable" in result.stderr
+    assert "Redis is unreachable: 127.0.0.1:1: connection refused" in result.stderr
     assert_no_secret(result)
 
 
@@ -116,7 +116,7 @@ def test_unreachable_rabbitmq_at_start_exits_3_without_leaking_the_password(wire
         },
     )
     assert result.returncode == 3
-    assert "RabbitMQ is unreachable" in result.stderr
+    assert "RabbitMQ is unreachable: 127.0.0.1:1: connection refused" in result.stderr
     assert_no_secret(result)
 
 

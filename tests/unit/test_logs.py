@@ -95,7 +95,10 @@ def test_every_credential_form_is_masked_in_text_and_json_logs(text: str, secret
     try:
         # When a credential reaches the message, the bound context and an exception
         try:
-            raise ConnectionError(f"cannot reach {text}")
+            try:
+                raise OSError(111, f"refused by {text}")
+            except OSError as inner:
+                raise ConnectionError(f"cannot reach {text}") from inner
         except ConnectionError:
             logger.bind(url=text).exception("failed on {}", text)
         logging.getLogger("aiormq.connection").error("error with %s", text)
