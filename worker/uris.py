@@ -14,6 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from pymongo.uri_parser_shared import _validate_uri  # parse_uri would resolve DNS for +srv
+from redis.connection import parse_url
+from yarl import URL
+
 from worker.logs import SECRET_PARAM, redact
 
 _DEFAULT_PORTS = {"mongodb://": 27017, "redis://": 6379, "rediss://": 6379, "amqp://": 5672, "amqps://": 5671}
@@ -26,18 +30,17 @@ _ENCODE = "percent-encode the user name and password (urllib.parse.quote(passwor
 @dataclass(frozen=True)
 class Parts:
     scheme: str
-    userinfo: str | None
     hosts: list[tuple[str, int | None]]
     rest: str  # path, query
 
     def endpoints(self) -> str:
         """``host:port`` of every host, for messages (never the credentials)."""
-        default = _DEFAULT_PORTS.get(self.scheme)
-        hosts = [(h, default if p is None else p) for h, p in self.hosts]
-        shown = [f"[{h}]" if ":" in h else h for h, _ in hosts]
-        return ",".join(h if p is None else f"{h}:{p}" for h, (_, p) in zip(shown, hosts, strict=True)) or (
-            "(unix socket)"
-        )
+        shown = []
+        for host, explicit in self.hosts:
+            name = f"[{host}]" if ":" in host else host
+            port = _DEFAULT_PORTS.get(self.scheme) if explicit is None else explicit
+            shown.append(name if port is None else f"{name}:{port}")  # +srv: no port, DNS says
+        return ",".join(shown) or "(unix socket)"
 
 
 def split(uri: str, schemes: tuple[str, ...], multi_host: bool = False) -> Parts:
@@ -53,7 +56,7 @@ def split(uri: str, schemes: tuple[str, ...], multi_host: bool = False) -> Parts
     authority, rest = _cut(body)
     if "@" in rest:
         raise ValueError("has an '@' after the host (a '/' or '?' in the password?); " + _ENCODE)
-    userinfo, at, hostlist = authority.rpartition("@")
+    userinfo, _, hostlist = authority.rpartition("@")
     if "@" in userinfo:
         raise ValueError("has more than one '@'; " + _ENCODE)
     hosts = [] if scheme == "unix://" else [_host(h) for h in hostlist.split(",")] if hostlist else []
@@ -61,7 +64,7 @@ def split(uri: str, schemes: tuple[str, ...], multi_host: bool = False) -> Parts
         raise ValueError("names no host")
     if len(hosts) > 1 and not multi_host:
         raise ValueError("names more than one host")
-    return Parts(scheme, userinfo if at else None, hosts, rest)
+    return Parts(scheme, hosts, rest)
 
 
 def _cut(body: str) -> tuple[str, str]:
@@ -119,8 +122,7 @@ def _library(parse: Callable[[str], object], uri: str, what: str) -> None:
 
 
 def validate_mongo(uri: str) -> Parts:
-    from pymongo.uri_parser_shared import _validate_uri  # parse_uri resolves DNS for +srv
-
+    """``mongodb://`` (hosts with optional ports) or ``mongodb+srv://`` (one host, no port)."""
     parts = split(uri, MONGO_SCHEMES, multi_host=True)
     if parts.scheme == "mongodb+srv://" and (len(parts.hosts) != 1 or parts.hosts[0][1] is not None):
         raise ValueError("mongodb+srv:// takes exactly one host name and no port")
@@ -129,8 +131,7 @@ def validate_mongo(uri: str) -> Parts:
 
 
 def validate_redis(uri: str) -> Parts:
-    from redis.connection import parse_url
-
+    """``redis://``, ``rediss://`` (one host, a numeric database) or ``unix://`` (a path)."""
     parts = split(uri, REDIS_SCHEMES)
     if parts.scheme == "unix://" and not parts.rest.startswith("/"):
         raise ValueError("unix:// needs the socket's path (unix:///run/redis.sock)")
@@ -142,8 +143,7 @@ def validate_redis(uri: str) -> Parts:
 
 
 def validate_amqp(uri: str) -> Parts:
-    from yarl import URL
-
+    """``amqp://`` or ``amqps://`` with one host."""
     parts = split(uri, AMQP_SCHEMES)
     _library(URL, uri, "AMQP")
     return parts

@@ -402,3 +402,19 @@ def test_config_masks_every_credential_form(
     out, err = capsys.readouterr()
     assert secret not in out + err
     assert "***" in out
+
+
+@pytest.mark.parametrize(
+    ("message", "uri"),
+    [
+        ("bad value s3cr3t-pw in option", "mongodb://u:s3cr3t-pw@h/"),
+        ("bad value s3cr3t/pw in option", "mongodb://u:s3cr3t%2Fpw@h/"),  # decoded form too
+        ("tls key tk-s3cret unreadable", "mongodb://h/?tlsCertificateKeyFilePassword=tk-s3cret"),
+    ],
+)
+def test_a_library_message_is_scrubbed_of_the_uris_secrets(message: str, uri: str) -> None:
+    from worker.uris import scrub
+
+    scrubbed = scrub(message, uri)
+    assert "s3cr3t" not in scrubbed and "tk-s3cret" not in scrubbed
+    assert "***" in scrubbed
