@@ -22,6 +22,7 @@ from enrichment.source import ProfileSource
 from handlers.ports import DeadLetters, FollowerGraph, PostStore, Publisher
 from handlers.posts import PostCreatedHandler
 from handlers.profiles import ProfileChangedHandler
+from worker import uris
 from worker.adapters.mongo_feed import MongoChangeFeed
 from worker.adapters.mongo_stores import (
     MongoCheckpointStore,
@@ -31,6 +32,7 @@ from worker.adapters.mongo_stores import (
     MongoPostStore,
     MongoProfileSource,
 )
+from worker.failures import cause
 from worker.ports import ChangeFeed, CheckpointStore, LeaseStore
 from worker.publisher import PublishStats, RabbitPublisher
 from worker.settings import Settings
@@ -167,7 +169,8 @@ async def build_runtime(settings: Settings) -> Runtime:
         await mongo.admin.command("ping")
     except PyMongoError as exc:
         await mongo.close()
-        raise ServiceUnavailable(f"MongoDB is unreachable: {type(exc).__name__}") from None
+        where = uris.validate_mongo(m.uri.get_secret_value()).endpoints()
+        raise ServiceUnavailable(f"MongoDB is unreachable: {where}: {cause(exc)}") from None
     db = mongo[m.database]
     feeds: dict[str, ChangeFeed] = {
         POSTS_STREAM: MongoChangeFeed(
@@ -192,7 +195,8 @@ async def build_runtime(settings: Settings) -> Runtime:
     except (RedisError, OSError) as exc:
         for close in reversed(closers):
             await close()
-        raise ServiceUnavailable(f"Redis is unreachable: {type(exc).__name__}") from None
+        where = uris.validate_redis(settings.redis.url.get_secret_value()).endpoints()
+        raise ServiceUnavailable(f"Redis is unreachable: {where}: {cause(exc)}") from None
     publisher = rabbit_publisher(settings)
     try:
         await publisher.connect()

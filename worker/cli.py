@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         help="validate the config and reach every service",
         description="Validate the settings, reach MongoDB (must be a replica set), Redis and RabbitMQ, "
-        "and print what is OK and what is not. Exit 0 when all are OK, 3 otherwise, 2 on bad config.",
+        "and print what is OK and what is not (host:port and the cause). Exit 0 when all are OK, 2 on "
+        "bad config (an exchange or queue existing with other arguments included), 3 otherwise.",
     )
     check.add_argument("--config", type=Path, metavar="PATH", help=config_help)
 
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        print(f"fanout-worker: {exc}", file=sys.stderr)
+        print(f"fanout-worker: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     configure(settings.log.level, settings.log.format)
     try:
@@ -137,6 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_checkpoint(settings, args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    # Whatever a command did not handle itself: a user's mistake is one line, never a traceback;
+    # anything else is a bug, logged with its (redacted) traceback.
+    except ConfigError as exc:
+        print(f"fanout-worker: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ServiceUnavailable as exc:
+        print(f"fanout-worker: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except Exception as exc:
+        logger.opt(exception=exc).error("fanout-worker failed: {}", redact(str(exc)))
+        return EXIT_ERROR
 
 
 async def _check(settings: Settings) -> int:
@@ -144,6 +156,8 @@ async def _check(settings: Settings) -> int:
     rows = [("service", "status", "detail")]
     rows += [(r.name, "OK" if r.ok else "FAIL", r.detail) for r in results]
     print(ops.format_table(rows))
+    if any(r.config_error for r in results):
+        return EXIT_CONFIG
     return EXIT_OK if all(r.ok for r in results) else EXIT_UNAVAILABLE
 
 

@@ -19,8 +19,11 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishErr
 from loguru import logger
 
 from enrichment.backoff import Backoff
-from enrichment.errors import ServiceUnavailable
+from enrichment.errors import ConfigError, ServiceUnavailable
 from handlers.ports import OutgoingMessage
+from worker import uris
+from worker.failures import cause
+from worker.topology import guard
 
 
 @dataclass(slots=True)
@@ -162,20 +165,29 @@ class RabbitPublisher:
                 except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
                     await self._drop_connection()
                     if not retry:
-                        raise ServiceUnavailable(f"RabbitMQ is unreachable: {type(exc).__name__}") from None
+                        where = uris.validate_amqp(self._url).endpoints()
+                        raise ServiceUnavailable(f"RabbitMQ is unreachable: {where}: {cause(exc)}") from None
                     delay = self._backoff.next_delay()
                     logger.warning(
                         "RabbitMQ unreachable ({}); retrying in {:.1f}s", type(exc).__name__, delay
                     )
+                    await asyncio.sleep(delay)
+                except ConfigError as exc:  # the exchange exists with another type (406)
+                    await self._drop_connection()
+                    if not retry:
+                        raise
+                    delay = self._backoff.next_delay()
+                    logger.error("{}; retrying in {:.1f}s", exc, delay)
                     await asyncio.sleep(delay)
             return self._exchange, self._generation
 
     async def _open(self) -> None:
         self._connection = await aio_pika.connect(self._url, timeout=self._timeout)
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._exchange = await self._channel.declare_exchange(
+        declare = self._channel.declare_exchange(
             self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
         )
+        self._exchange = await guard("exchange", self._exchange_name, "durable topic", declare)
         self._generation += 1
         if self._generation > 1:
             self.stats.reconnects += 1
