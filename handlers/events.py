@@ -11,6 +11,7 @@ from bson import Timestamp
 
 from enrichment.errors import InvalidEvent
 from enrichment.snapshot import DISPLAY_FIELDS, AuthorSnapshot
+from handlers.ids import encode_post_id
 
 Token = Mapping[str, Any]
 
@@ -45,14 +46,15 @@ class ChangeEvent:
 
 @dataclass(frozen=True, slots=True)
 class NewPost:
-    post_id: Any  # as stored (ObjectId or str); rendered with str() in messages
+    post_id: Any  # as stored (ObjectId, str, int…); rendered with handlers.ids in messages
     author_id: str
     text: str
     created_at: str | None
 
     @property
     def id_str(self) -> str:
-        return str(self.post_id)
+        """The id in messages: unique per distinct ``_id`` whatever its type (handlers/ids.py)."""
+        return encode_post_id(self.post_id)
 
 
 def parse_new_post(event: ChangeEvent, max_text_bytes: int) -> NewPost:

@@ -195,6 +195,12 @@ class WorkerCollector(Collector):
         posts = rt.posts.stats
         yield _counter("posts_handled", "Posts fanned out.", (), [((), posts.posts)])
         yield _counter("recipients", "Followers a post was fanned out to.", (), [((), posts.recipients)])
+        yield _counter(
+            "follower_ids_skipped",
+            "Follow edges skipped because their follower_id is not a string.",
+            (),
+            [((), getattr(rt.posts, "invalid_follower_ids", 0))],
+        )
 
     def _cache(self) -> Iterator[Metric]:
         cache = self._worker.runtime.cache
