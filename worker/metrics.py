@@ -189,6 +189,18 @@ class WorkerCollector(Collector):
             ],
         )
         yield _counter("publisher_reconnects", "Reconnections to RabbitMQ.", (), [((), pub.reconnects)])
+        yield _counter(
+            "rabbitmq_blocked_episodes",
+            "Times RabbitMQ blocked the publishing connection (connection.blocked: a resource alarm).",
+            (),
+            [((), pub.blocked_pauses)],
+        )
+        yield _counter(
+            "rabbitmq_blocked_seconds",
+            "Seconds publishing spent paused by connection.blocked (grows while a block lasts).",
+            (),
+            [((), pub.blocked_seconds)],
+        )
         in_flight: int | None = getattr(rt.publisher, "in_flight", None)
         if in_flight is not None:
             yield _gauge("publishes_in_flight", "Publishes awaiting a confirm.", (), [((), in_flight)])

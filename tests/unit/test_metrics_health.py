@@ -92,6 +92,7 @@ def test_counters_track_the_live_stats() -> None:
     w.runtime.profiles.stats.ignored = 2
     pub = w.runtime.publisher.stats
     pub.sent, pub.confirmed, pub.returned, pub.nacked, pub.retried, pub.reconnects = 20, 18, 1, 1, 2, 3
+    pub.blocked_pauses, pub.blocked_seconds = 2, 4.5
     w.runtime.publisher.in_flight = 6
     w.runtime.posts.stats.posts, w.runtime.posts.stats.recipients = 8, 400
     w.runtime.posts.invalid_follower_ids = 5
@@ -121,6 +122,8 @@ def test_counters_track_the_live_stats() -> None:
     ]:
         assert m[key("fanout_messages_total", outcome=outcome)] == value
     assert m[key("fanout_publisher_reconnects_total")] == 3
+    assert m[key("fanout_rabbitmq_blocked_episodes_total")] == 2
+    assert m[key("fanout_rabbitmq_blocked_seconds_total")] == 4.5
     assert m[key("fanout_publishes_in_flight")] == 6
     assert m[key("fanout_posts_handled_total")] == 8
     assert m[key("fanout_recipients_total")] == 400
