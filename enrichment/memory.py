@@ -76,6 +76,12 @@ class MemoryLayer:
         self._evict()
         return True
 
+    def known_version(self, user_id: str) -> int | None:
+        """The highest version this layer has seen for ``user_id`` (held, filled or invalidated
+        to), expired or not: versions only grow, so it is a floor for the current one."""
+        entry = self._entries.get(user_id)
+        return None if entry is None else max(entry.floor, entry.version)
+
     def drop(self, user_id: str, min_version: int | None = None) -> None:
         """Forget ``user_id``. With ``min_version``, refuse later fills older than it for one TTL."""
         if min_version is None:

@@ -19,29 +19,39 @@ from enrichment.breaker import CircuitBreaker
 from enrichment.snapshot import MISSING_VERSION, AuthorSnapshot, decode_cached, encode_missing
 
 # KEYS: the keys. ARGV: payload, ttl seconds, version, repeated once per key.
+# Returns, per key, a status and the version Redis holds after the call: WRITTEN, KEPT (a same or
+# newer version was there) or KEPT_OTHER (the same version with other content: an edit that did
+# not bump the version).
 _SET_IF_NEWER = """
-local written = 0
+local out = {}
 for i, key in ipairs(KEYS) do
   local payload = ARGV[3 * i - 2]
   local ttl = tonumber(ARGV[3 * i - 1])
   local version = tonumber(ARGV[3 * i])
-  local keep = false
+  local status = 1
+  local held = version
   -- pcall: a key of another type (written by something else) is overwritten, not a failed batch.
   local current = redis.pcall('GET', key)
   if type(current) == 'string' then
     local ok, doc = pcall(cjson.decode, current)
     if ok and type(doc) == 'table' and tonumber(doc['version']) ~= nil
         and tonumber(doc['version']) >= version then
-      keep = true
+      held = tonumber(doc['version'])
+      status = 0
+      if held == version and current ~= payload then
+        status = 2
+      end
     end
   end
-  if not keep then
+  if status == 1 then
     redis.call('SET', key, payload, 'EX', ttl)
-    written = written + 1
   end
+  out[2 * i - 1] = status
+  out[2 * i] = held
 end
-return written
+return out
 """
+KEPT, WRITTEN, KEPT_OTHER = 0, 1, 2
 
 
 class RedisLayer:
@@ -105,8 +115,15 @@ class RedisLayer:
 
         Returns how many were written, or None when Redis could not be written at all.
         """
+        checked = await self.put_many_checked(values)
+        return None if checked is None else sum(status == WRITTEN for status, _ in checked)
+
+    async def put_many_checked(
+        self, values: Sequence[tuple[str, AuthorSnapshot | None]]
+    ) -> list[tuple[int, int]] | None:
+        """``put_many`` saying, per value, (WRITTEN, KEPT or KEPT_OTHER, the version Redis holds)."""
         if not values:
-            return 0
+            return []
         if not self._breaker.allow():
             return None
         keys: list[str] = []
@@ -126,7 +143,7 @@ class RedisLayer:
             self._breaker.abandon()
             raise
         self._recovered()
-        return int(written)
+        return [(int(written[i]), int(written[i + 1])) for i in range(0, len(written), 2)]
 
     def _jittered_ttl(self) -> int:
         # Spread expiries so a burst of fills does not expire (and miss) all at once.

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
+from loguru import logger
 
 from enrichment.cache import LayeredCache
 from enrichment.errors import ServiceUnavailable
@@ -24,6 +25,8 @@ class ProfileStats:
     ignored: int = 0  # edits that touched no display field
     posts_rewritten: int = 0
     l2_replaced: int = 0
+    stale: int = 0  # older than a version already seen: not announced (a replayed replace, a reorder)
+    unbumped: int = 0  # display fields changed without a version bump (the app broke the contract)
 
 
 def profile_message(snapshot: AuthorSnapshot) -> OutgoingMessage:
@@ -84,13 +87,47 @@ class ProfileChangedHandler:
         await asyncio.sleep(0.1)
         return await self._bus.publish_many(changes)
 
+    def _newest_per_user(self, snapshots: Sequence[AuthorSnapshot]) -> dict[str, int]:
+        """Index of each user's newest change in the batch; the others are never announced, so a
+        batch cannot announce v7 after v8."""
+        newest: dict[str, int] = {}
+        for i, snapshot in enumerate(snapshots):
+            j = newest.get(snapshot.user_id)
+            if j is not None and snapshot.version == snapshots[j].version and snapshot != snapshots[j]:
+                self._unbumped(snapshot)
+            if j is None or snapshot.version >= snapshots[j].version:
+                newest[snapshot.user_id] = i
+        return newest
+
+    def _unbumped(self, snapshot: AuthorSnapshot) -> None:
+        self.stats.unbumped += 1
+        logger.warning(
+            "profile {} changed its display fields without a version bump (still v{}): consumers "
+            "that saw profile:{}:v:{} keep the earlier content; the app must bump profiles.version",
+            snapshot.user_id,
+            snapshot.version,
+            snapshot.user_id,
+            snapshot.version,
+        )
+
+    def _stale(self, snapshot: AuthorSnapshot, newer: int) -> None:
+        self.stats.stale += 1
+        logger.info(
+            "profile {} v{} is older than v{} already seen: not announced",
+            snapshot.user_id,
+            snapshot.version,
+            newer,
+        )
+
     async def cascade(self, snapshots: Sequence[AuthorSnapshot], report: Report) -> None:
         """Cascade display changes. Idempotent: a replay changes nothing newer.
 
-        Every cache layer on every replica first, for the whole batch at once: one Redis write and
-        one pipelined round of invalidations, however many changes (a storm of edits must not take
-        a Redis connection per edit). Then each change's posts are rewritten and
-        ``profile.updated`` is published, concurrently.
+        One change per user is kept, the newest of the batch. Every cache layer on every replica
+        first, for the whole batch at once: one Redis write and one pipelined round of
+        invalidations, however many changes (a storm of edits must not take a Redis connection per
+        edit). A change older than a version a cache layer already knows (L1's version floor, L2's
+        stored version) is not announced: ``profile.updated`` never goes back in version. Then each
+        remaining change's posts are rewritten and ``profile.updated`` is published, concurrently.
 
         If Redis could not take the new snapshots, or other replicas could not be told, everything
         else is still done, then the events fail as ServiceUnavailable: they are retried (and
@@ -98,16 +135,32 @@ class ProfileChangedHandler:
         serve the old snapshots until their TTL. The retries repeat ``profile.updated`` under the
         same message_id, which consumers de-duplicate.
         """
+        newest = self._newest_per_user(snapshots)
+        chosen = [snapshots[i] for i in newest.values()]
         try:
-            written = await self._cache.apply_changes(snapshots)
-            changes = [(s.user_id, s.version) for s in snapshots]
+            outcome = await self._cache.apply_changes(chosen)
+            fresh = [
+                (i, s) for i, s in zip(newest.values(), chosen, strict=True) if s.user_id not in outcome.newer
+            ]
+            changes = [(s.user_id, s.version) for _, s in fresh]
             # One more try before failing the batch: a failure means redoing every cascade in it.
             told = await self._bus.publish_many(changes) or await self._retry_publish(changes)
         except Exception as exc:
             for i in range(len(snapshots)):
                 report(i, exc)
             return
+        written = outcome.written
         self.stats.l2_replaced += written or 0
+        kept = set(newest.values())
+        for i, snapshot in enumerate(snapshots):
+            if i not in kept:  # superseded within the batch
+                self._stale(snapshot, snapshots[newest[snapshot.user_id]].version)
+                report(i, None)
+            elif (newer := outcome.newer.get(snapshot.user_id)) is not None:
+                self._stale(snapshot, newer)
+                report(i, None)
+            elif snapshot.user_id in outcome.conflicts:
+                self._unbumped(snapshot)
 
         async def one(i: int, snapshot: AuthorSnapshot) -> None:
             try:
@@ -128,4 +181,4 @@ class ProfileChangedHandler:
             self.stats.changes += 1
             report(i, None)
 
-        await asyncio.gather(*(one(i, s) for i, s in enumerate(snapshots)))
+        await asyncio.gather(*(one(i, s) for i, s in fresh))

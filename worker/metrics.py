@@ -207,6 +207,19 @@ class WorkerCollector(Collector):
         posts = rt.posts.stats
         yield _counter("posts_handled", "Posts fanned out.", (), [((), posts.posts)])
         yield _counter("recipients", "Followers a post was fanned out to.", (), [((), posts.recipients)])
+        profiles = rt.profiles.stats
+        yield _counter(
+            "profile_changes_stale",
+            "Profile changes older than a version already seen (cache layers): not announced.",
+            (),
+            [((), getattr(profiles, "stale", 0))],
+        )
+        yield _counter(
+            "profile_changes_unbumped",
+            "Profile display changes that kept the version already seen with other content.",
+            (),
+            [((), getattr(profiles, "unbumped", 0))],
+        )
         yield _counter(
             "follower_ids_skipped",
             "Follow edges skipped because their follower_id is not a string.",

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 from bson import Timestamp
+from loguru import logger
 
+from enrichment.breaker import CircuitBreaker
+from enrichment.cache import LayeredCache
+from enrichment.invalidation import LocalInvalidationBus
+from enrichment.memory import MemoryLayer
+from enrichment.redis_layer import RedisLayer
 from enrichment.snapshot import AuthorSnapshot, decode_cached
 from handlers.events import ChangeEvent
+from handlers.profiles import ProfileChangedHandler
 from tests.harness import Collector, World, settings, start, wait_for
+from worker.adapters.memory_db import MemoryDatabase
+from worker.adapters.memory_stores import MemoryPostStore, MemoryProfileSource
+from worker.publisher import MemoryPublisher
 
 
 def profile_event(doc: dict, seq: int) -> ChangeEvent:
@@ -64,3 +74,54 @@ async def test_replayed_old_profile_event_leaves_newer_snapshots(
     assert stored is not None and stored.version == 3 and stored.display_name == "third"
     # and a cache read now serves v3, never v2
     assert (await runtime.cache.get_many(["u1"]))["u1"].version == 3  # type: ignore[union-attr]
+
+
+def replica(redis: aioredis.Redis, key_prefix: str) -> tuple[ProfileChangedHandler, MemoryPublisher]:
+    """A fresh replica (empty L1) sharing Redis: what a restart or a takeover looks like."""
+    l2 = RedisLayer(redis, key_prefix, 3600, 0.0, 60, CircuitBreaker(3, 1.0))
+    cache = LayeredCache(MemoryLayer(100, 60.0, 10.0), l2, MemoryProfileSource(MemoryDatabase()))
+    publisher = MemoryPublisher()
+    store = MemoryPostStore(MemoryDatabase())
+    return ProfileChangedHandler(cache, LocalInvalidationBus(), store, publisher), publisher
+
+
+def replace(user: str, version: int, display: str, seq: int) -> ChangeEvent:
+    doc = {"_id": user, "username": user, "display_name": display, "avatar_url": None, "version": version}
+    raw = {"_id": {"_data": f"82{seq:016X}"}, "operationType": "replace", "fullDocument": doc}
+    return ChangeEvent.from_raw("profiles", raw)
+
+
+async def test_another_replica_never_announces_older_than_redis_holds(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    # Given v8 announced by one replica (Redis holds v8)
+    first, first_pub = replica(redis, key_prefix)
+    assert await first.handle_events([replace("u1", 8, "Eight", 2)]) == [None]
+    # When another replica, with nothing in L1, handles the older replace v7, then v8 again (replay)
+    second, second_pub = replica(redis, key_prefix)
+    results = await second.handle_events([replace("u1", 7, "Seven", 1)])
+    again = await second.handle_events([replace("u1", 8, "Eight", 2)])
+    # Then v7 is not announced and counted, while the replayed v8 is announced again (same id)
+    assert results == again == [None]
+    assert [m.message_id for m in first_pub.messages + second_pub.messages] == ["profile:u1:v:8"] * 2
+    assert second.stats.stale == 1
+    assert second.stats.unbumped == 0
+
+
+async def test_a_display_change_without_a_bump_is_counted_and_warned_across_replicas(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    # Given v4 "Old" announced (Redis holds it)
+    first, _ = replica(redis, key_prefix)
+    assert await first.handle_events([replace("u1", 4, "Old", 1)]) == [None]
+    # When the app changes the display name without bumping the version, seen by another replica
+    second, _ = replica(redis, key_prefix)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        assert await second.handle_events([replace("u1", 4, "New", 2)]) == [None]
+    finally:
+        logger.remove(sink)
+    # Then it is counted and one WARNING says the version must be bumped
+    assert second.stats.unbumped == 1
+    assert [w for w in warnings if "without a version bump" in w] != []

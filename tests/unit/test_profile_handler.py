@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from loguru import logger
+
 from enrichment.cache import LayeredCache
 from enrichment.errors import ServiceUnavailable
 from enrichment.invalidation import LocalInvalidationBus
@@ -94,3 +96,76 @@ async def test_changes_other_replicas_were_not_told_of_are_retried_after_the_res
     assert handler.stats.posts_rewritten == 6
     assert len(publisher.messages) == 2
     assert handler.stats.changes == 0
+
+
+def profile_event(user: str, seq: int, version: int, display: str, op: str = "replace") -> ChangeEvent:
+    doc = {"_id": user, "username": user, "display_name": display, "avatar_url": None, "version": version}
+    raw: dict[str, Any] = {
+        "_id": {"_data": f"82{seq:016X}"},
+        "operationType": op,
+        "documentKey": {"_id": user},
+        "fullDocument": doc,
+    }
+    if op == "update":
+        raw["updateDescription"] = {"updatedFields": {"display_name": display}, "removedFields": []}
+    return ChangeEvent.from_raw("profiles", raw)
+
+
+def memory_handler() -> tuple[ProfileChangedHandler, MemoryPublisher]:
+    cache = LayeredCache(MemoryLayer(100, 60.0, 10.0), None, MemoryProfileSource(MemoryDatabase()))
+    publisher = MemoryPublisher()
+    return ProfileChangedHandler(cache, LocalInvalidationBus(), SlowPostStore(), publisher), publisher
+
+
+def announced(publisher: MemoryPublisher) -> list[str]:
+    return [m.message_id for m in publisher.messages]
+
+
+async def test_a_lower_version_replace_after_a_higher_one_is_not_announced() -> None:
+    # Given v8 of a profile announced
+    handler, publisher = memory_handler()
+    assert await handler.handle_events([profile_event("a", 2, 8, "Eight")]) == [None]
+    # When an older replace (v7) is handled after it (a replay, a reorder)
+    records: list[str] = []
+    sink = logger.add(lambda m: records.append(m.record["message"]), level="INFO")
+    try:
+        results = await handler.handle_events([profile_event("a", 1, 7, "Seven")])
+    finally:
+        logger.remove(sink)
+    # Then it is done without announcing v7, and it is counted and logged
+    assert results == [None]
+    assert announced(publisher) == ["profile:a:v:8"]
+    assert handler.stats.stale == 1
+    assert any("v7 is older than v8" in r for r in records)
+
+
+async def test_a_batch_announces_only_each_users_newest_version() -> None:
+    # Given one batch holding v8 then v7 of one user, and v3 of another
+    handler, publisher = memory_handler()
+    events = [
+        profile_event("a", 1, 8, "Eight"),
+        profile_event("a", 2, 7, "Seven"),
+        profile_event("b", 3, 3, "B"),
+    ]
+    # When it is handled
+    results = await handler.handle_events(events)
+    # Then every event is done, and v7 is never announced (not before v8, not after it)
+    assert results == [None, None, None]
+    assert sorted(announced(publisher)) == ["profile:a:v:8", "profile:b:v:3"]
+    assert handler.stats.stale == 1
+
+
+async def test_a_display_change_without_a_version_bump_in_one_batch_is_counted_and_warned() -> None:
+    handler, publisher = memory_handler()
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        results = await handler.handle_events(
+            [profile_event("a", 1, 4, "Old"), profile_event("a", 2, 4, "New")]
+        )
+    finally:
+        logger.remove(sink)
+    assert results == [None, None]
+    assert handler.stats.unbumped == 1
+    assert len([w for w in warnings if "without a version bump" in w]) == 1
+    assert announced(publisher) == ["profile:a:v:4"]
