@@ -16,7 +16,7 @@ from loguru import logger
 from enrichment.errors import ServiceUnavailable
 from enrichment.memory import MemoryLayer
 from enrichment.redis_layer import KEPT_OTHER, WRITTEN, RedisLayer
-from enrichment.snapshot import AuthorSnapshot
+from enrichment.snapshot import MISSING_VERSION, AuthorSnapshot
 from enrichment.source import ProfileSource
 
 
@@ -189,6 +189,39 @@ class LayeredCache:
             elif status == KEPT_OTHER:
                 outcome.conflicts.add(snapshot.user_id)
         return outcome
+
+    async def apply_deletes(self, user_ids: Sequence[str]) -> dict[str, int] | None:
+        """Profiles deleted: tombstone them in L1 and L2, unless the source holds them again
+        (re-created since; a replayed delete must not hide them).
+
+        Returns the version each tombstone carries (the highest known: older fills are refused),
+        which replicas are told, or None if Redis could not take the tombstones.
+        """
+        self.stats.source_queries += 1
+        present = await self._source.fetch_many(user_ids)
+        versions: dict[str, int] = {}
+        for user_id in user_ids:
+            if user_id in present:
+                continue
+            owed = self._repairs.pop(user_id, None)  # an owed older write must not be replayed
+            known = self.l1.known_version(user_id)
+            version = max(
+                known if known is not None else MISSING_VERSION,
+                owed.version if owed is not None else MISSING_VERSION,
+            )
+            self.l1.forget(user_id, version)
+            self._inflight.pop(user_id, None)
+            versions[user_id] = version
+        if self.l2 is None or not versions:
+            return versions
+        stored = await self.l2.put_tombstones(list(versions.items()))
+        if stored is None:
+            return None
+        for user_id, version in zip(list(versions), stored, strict=True):
+            if version > versions[user_id]:
+                versions[user_id] = version
+                self.l1.forget(user_id, version)
+        return versions
 
     def _owe(self, snapshot: AuthorSnapshot) -> None:
         owed = self._repairs.get(snapshot.user_id)

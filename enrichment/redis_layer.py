@@ -53,6 +53,28 @@ return out
 """
 KEPT, WRITTEN, KEPT_OTHER = 0, 1, 2
 
+# A deleted profile: a "no such user" entry whose version is the highest known (the one given or
+# the one stored), so the set-if-newer script refuses fills that read the profile before the delete.
+# KEYS: the keys. ARGV: version, ttl seconds, repeated once per key. Returns the versions stored.
+_TOMBSTONE = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[2 * i - 1])
+  local current = redis.pcall('GET', key)
+  if type(current) == 'string' then
+    local ok, doc = pcall(cjson.decode, current)
+    if ok and type(doc) == 'table' and tonumber(doc['version']) ~= nil
+        and tonumber(doc['version']) > version then
+      version = tonumber(doc['version'])
+    end
+  end
+  redis.call('SET', key, '{"missing":true,"deleted":true,"version":' .. string.format('%d', version) .. '}',
+             'EX', tonumber(ARGV[2 * i]))
+  out[i] = version
+end
+return out
+"""
+
 
 class RedisLayer:
     """Batch reads and version-guarded batch writes of snapshots in Redis."""
@@ -75,6 +97,7 @@ class RedisLayer:
         self._breaker = breaker
         self._rng = rng or random.Random()
         self._script = client.register_script(_SET_IF_NEWER)
+        self._tombstone = client.register_script(_TOMBSTONE)
         self.mget_calls = 0
         self.errors = 0
 
@@ -144,6 +167,27 @@ class RedisLayer:
             raise
         self._recovered()
         return [(int(written[i]), int(written[i + 1])) for i in range(0, len(written), 2)]
+
+    async def put_tombstones(self, values: Sequence[tuple[str, int]]) -> list[int] | None:
+        """Mark each user deleted, at least at the given version; the versions stored, or None when
+        Redis could not be written."""
+        if not values:
+            return []
+        if not self._breaker.allow():
+            return None
+        args: list[int] = []
+        for _, version in values:
+            args += [version, self._negative_ttl]
+        try:
+            stored = await self._tombstone(keys=[self.key(u) for u, _ in values], args=args)
+        except (RedisError, OSError) as exc:
+            self._failed("tombstone", exc)
+            return None
+        except asyncio.CancelledError:
+            self._breaker.abandon()
+            raise
+        self._recovered()
+        return [int(v) for v in stored]
 
     def _jittered_ttl(self) -> int:
         # Spread expiries so a burst of fills does not expire (and miss) all at once.

@@ -90,11 +90,21 @@ class ProfileChange:
     snapshot: AuthorSnapshot
 
 
-def parse_profile_change(event: ChangeEvent) -> ProfileChange | None:
-    """A display-field change, or None when the event does not concern snapshots.
+@dataclass(frozen=True, slots=True)
+class ProfileDeleted:
+    user_id: str
+
+
+def parse_profile_change(event: ChangeEvent) -> ProfileChange | ProfileDeleted | None:
+    """A display-field change, a deletion, or None when the event does not concern snapshots.
 
     Raises InvalidEvent when the looked-up profile is malformed.
     """
+    if event.op == "delete":
+        # A delete carries only the documentKey. A non-string _id was never a user (nor cached).
+        key = event.raw.get("documentKey")
+        user_id = key.get("_id") if isinstance(key, Mapping) else None
+        return ProfileDeleted(user_id) if isinstance(user_id, str) and user_id else None
     if event.op == "update":
         desc = event.raw.get("updateDescription")
         if not isinstance(desc, Mapping):

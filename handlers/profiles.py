@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from enrichment.cache import LayeredCache
 from enrichment.errors import ServiceUnavailable
 from enrichment.invalidation import InvalidationBus
 from enrichment.snapshot import AuthorSnapshot
-from handlers.events import ChangeEvent, parse_profile_change
+from handlers.events import ChangeEvent, ProfileDeleted, parse_profile_change
 from handlers.ports import OutgoingMessage, PostStore, Publisher, Report, collect
 
 ROUTING_KEY = "profile.updated"
@@ -25,6 +26,7 @@ class ProfileStats:
     ignored: int = 0  # edits that touched no display field
     posts_rewritten: int = 0
     l2_replaced: int = 0
+    deleted: int = 0  # profiles tombstoned in every cache layer
     stale: int = 0  # older than a version already seen: not announced (a replayed replace, a reorder)
     unbumped: int = 0  # display fields changed without a version bump (the app broke the contract)
 
@@ -55,15 +57,22 @@ class ProfileChangedHandler:
         # Shared by every batch: a storm of edits must not put a thousand update_many on MongoDB at
         # once, nor keep the loop so busy that other batches' invalidations wait behind it.
         self._rewrites = asyncio.Semaphore(rewrite_concurrency)
+        # Users with a cascade in flight: a later delete of one waits for it, or the cascade's
+        # Redis write could land after the tombstone and serve a deleted profile until its TTL.
+        self._busy: Counter[str] = Counter()
+        self._idle = asyncio.Condition()
         self.stats = ProfileStats()
 
     async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
-        """Cascade the batch's display changes, reporting each as it finishes.
+        """Cascade the batch's display changes, then its deletes, reporting each as it finishes.
 
-        Other edits are counted as ignored. Order does not matter: every write is version-guarded.
+        Other edits are counted as ignored. Changes go first: a change and a delete of one user in
+        a batch must end deleted (a delete of a profile re-created since is skipped by the cache).
         """
         snapshots: list[AuthorSnapshot] = []
         positions: list[int] = []
+        deleted: list[str] = []
+        deleted_at: list[int] = []
         for i, event in enumerate(events):
             try:
                 change = parse_profile_change(event)
@@ -73,11 +82,39 @@ class ProfileChangedHandler:
             if change is None:
                 self.stats.ignored += 1
                 report(i, None)
+            elif isinstance(change, ProfileDeleted):
+                deleted.append(change.user_id)
+                deleted_at.append(i)
             else:
                 snapshots.append(change.snapshot)
                 positions.append(i)
         if snapshots:
             await self.cascade(snapshots, lambda j, error: report(positions[j], error))
+        if deleted:
+            error = await self.delete(deleted)
+            for i in deleted_at:
+                report(i, error)
+
+    async def delete(self, user_ids: Sequence[str]) -> BaseException | None:
+        """Profiles deleted: tombstone them in L1 and Redis and tell every replica, at once.
+
+        Embedded snapshots in existing posts are left as they are (docs/contract.md). None when
+        done; else the error (retried): a tombstone Redis or the replicas missed would let them
+        serve the deleted profile until its TTL.
+        """
+        try:
+            async with self._idle:
+                await self._idle.wait_for(lambda: not any(self._busy[u] for u in user_ids))
+            versions = await self._cache.apply_deletes(user_ids)
+            if versions is None:
+                raise ServiceUnavailable(f"Redis did not take the tombstone of {user_ids[0]} yet")
+            changes = list(versions.items())
+            if not (await self._bus.publish_many(changes) or await self._retry_publish(changes)):
+                raise ServiceUnavailable(f"replicas were not told that {user_ids[0]} was deleted")
+        except Exception as exc:
+            return exc
+        self.stats.deleted += len(versions)
+        return None
 
     async def handle_events(self, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
         """``process`` with the results collected in order."""
@@ -137,6 +174,24 @@ class ProfileChangedHandler:
         """
         newest = self._newest_per_user(snapshots)
         chosen = [snapshots[i] for i in newest.values()]
+        self._busy.update(newest.keys())
+        try:
+            await self._cascade(snapshots, newest, chosen, report)
+        finally:
+            self._busy.subtract(newest.keys())
+            for user_id in newest:
+                if self._busy[user_id] <= 0:
+                    del self._busy[user_id]
+            async with self._idle:
+                self._idle.notify_all()
+
+    async def _cascade(
+        self,
+        snapshots: Sequence[AuthorSnapshot],
+        newest: dict[str, int],
+        chosen: list[AuthorSnapshot],
+        report: Report,
+    ) -> None:
         try:
             outcome = await self._cache.apply_changes(chosen)
             fresh = [

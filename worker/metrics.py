@@ -209,6 +209,12 @@ class WorkerCollector(Collector):
         yield _counter("recipients", "Followers a post was fanned out to.", (), [((), posts.recipients)])
         profiles = rt.profiles.stats
         yield _counter(
+            "profiles_deleted",
+            "Deleted profiles tombstoned in every cache layer and on every replica.",
+            (),
+            [((), getattr(profiles, "deleted", 0))],
+        )
+        yield _counter(
             "profile_changes_stale",
             "Profile changes older than a version already seen (cache layers): not announced.",
             (),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import redis.asyncio as aioredis
 from bson import Timestamp
 from loguru import logger
@@ -125,3 +126,40 @@ async def test_a_display_change_without_a_bump_is_counted_and_warned_across_repl
     # Then it is counted and one WARNING says the version must be bumped
     assert second.stats.unbumped == 1
     assert [w for w in warnings if "without a version bump" in w] != []
+
+
+async def test_a_deleted_profile_is_tombstoned_in_redis_against_stale_fills_and_posts_get_no_author(
+    redis: aioredis.Redis, key_prefix: str, exchange: str, collector: Collector
+) -> None:
+    # Given a running worker; u1 has a profile (v3 in Redis) and a follower
+    world = World()
+    world.add_user("u1", version=3)
+    world.graph.set_followers("u1", ["f1"])
+    runtime = world.runtime(settings(key_prefix, exchange), redis)
+    worker, task = await start(runtime)
+    try:
+        world.post("p1", "u1")
+        await wait_for(lambda: len(collector.of("post.created")) == 1, what="first post")
+        l2 = runtime.cache.l2
+        assert l2 is not None
+        v3 = decode_cached(await redis.get(l2.key("u1")))  # type: ignore[arg-type]
+        assert v3 is not None and v3.version == 3
+        # When the profile is deleted in MongoDB
+        world.db.delete("profiles", "u1")
+        await wait_for(lambda: runtime.profiles.stats.deleted == 1, what="the delete handled")
+        # Then Redis holds a tombstone at v3, which a slow fill of v3 cannot overwrite
+        raw = await redis.get(l2.key("u1"))
+        assert raw is not None and decode_cached(raw) is None
+        assert orjson.loads(raw) == {"missing": True, "deleted": True, "version": 3}
+        assert await l2.put_many([("u1", v3)]) == 0
+        # and a new post of u1 goes out at once with no author, while the old post keeps its snapshot
+        world.post("p2", "u1")
+        await wait_for(lambda: len(collector.of("post.created")) == 2, what="second post")
+        bodies = {m.body["post"]["id"]: m.body for m in collector.of("post.created")}
+        assert bodies["p2"]["author"] is None
+        assert world.db.collection("posts")["p1"]["author_snapshot"]["version"] == 3
+        # and no profile.updated was announced for the delete
+        assert collector.of("profile.updated") == []
+    finally:
+        worker.stop.set()
+        await task

@@ -97,6 +97,7 @@ def test_counters_track_the_live_stats() -> None:
     w.runtime.posts.stats.posts, w.runtime.posts.stats.recipients = 8, 400
     w.runtime.posts.invalid_follower_ids = 5
     w.runtime.profiles.stats.stale, w.runtime.profiles.stats.unbumped = 6, 1
+    w.runtime.profiles.stats.deleted = 2
     c = w.runtime.cache.stats
     c.l1_hits, c.l2_hits, c.l3_hits, c.not_found, c.source_queries = 50, 7, 3, 2, 4
     w.runtime.cache.l2.mget_calls, w.runtime.cache.l2.errors = 9, 1
@@ -130,6 +131,7 @@ def test_counters_track_the_live_stats() -> None:
     assert m[key("fanout_recipients_total")] == 400
     assert m[key("fanout_follower_ids_skipped_total")] == 5
     assert m[key("fanout_profile_changes_stale_total")] == 6
+    assert m[key("fanout_profiles_deleted_total")] == 2
     assert m[key("fanout_profile_changes_unbumped_total")] == 1
     assert m[key("fanout_cache_hits_total", layer="l1")] == 50
     assert m[key("fanout_cache_hits_total", layer="l2")] == 7

@@ -169,3 +169,95 @@ async def test_a_display_change_without_a_version_bump_in_one_batch_is_counted_a
     assert handler.stats.unbumped == 1
     assert len([w for w in warnings if "without a version bump" in w]) == 1
     assert announced(publisher) == ["profile:a:v:4"]
+
+
+# --- deletes: a tombstone in every layer, on every replica -------------------------------------
+
+
+def delete_event(user: str, seq: int) -> ChangeEvent:
+    raw = {"_id": {"_data": f"82{seq:016X}"}, "operationType": "delete", "documentKey": {"_id": user}}
+    return ChangeEvent.from_raw("profiles", raw)
+
+
+def profile_doc(user: str, version: int) -> dict[str, Any]:
+    return {
+        "_id": user,
+        "username": user,
+        "display_name": f"{user} v{version}",
+        "avatar_url": None,
+        "version": version,
+    }
+
+
+async def test_a_deleted_profile_leaves_every_replicas_l1_at_once_and_stale_fills_cannot_bring_it_back() -> (
+    None
+):
+    # Given two replicas whose L1 both hold v3 of "a"
+    db = MemoryDatabase()
+    db.insert("profiles", profile_doc("a", 3))
+    hub: list[LocalInvalidationBus] = []
+    caches = [LayeredCache(MemoryLayer(100, 60.0, 10.0), None, MemoryProfileSource(db)) for _ in range(2)]
+    buses = [LocalInvalidationBus(hub) for _ in range(2)]
+    peer_listener = asyncio.create_task(buses[1].run(caches[1].on_remote_invalidation, caches[1].l1.clear))
+    handler = ProfileChangedHandler(caches[0], buses[0], SlowPostStore(), MemoryPublisher())
+    old = (await caches[0].get_many(["a"]))["a"]
+    assert old is not None and (await caches[1].get_many(["a"]))["a"] == old
+    try:
+        # When the profile is deleted and the delete event handled on the first replica
+        db.delete("profiles", "a")
+        assert await handler.handle_events([delete_event("a", 1)]) == [None]
+        await asyncio.sleep(0)
+        # Then both replicas answer "no such user", without waiting for a TTL
+        assert await caches[0].get_many(["a"]) == {"a": None}
+        assert await caches[1].get_many(["a"]) == {"a": None}
+        assert handler.stats.deleted == 1
+        # and a slow fill that read v3 before the delete cannot put it back in L1
+        assert caches[0].l1.put("a", old) is False
+        assert caches[0].l1.get_many(["a"]) == ({"a": None}, [])
+    finally:
+        peer_listener.cancel()
+
+
+async def test_a_profile_re_created_with_a_newer_version_replaces_the_tombstone() -> None:
+    db = MemoryDatabase()
+    db.insert("profiles", profile_doc("a", 3))
+    cache = LayeredCache(MemoryLayer(100, 60.0, 10.0), None, MemoryProfileSource(db))
+    publisher = MemoryPublisher()
+    handler = ProfileChangedHandler(cache, LocalInvalidationBus(), SlowPostStore(), publisher)
+    await cache.get_many(["a"])
+    db.delete("profiles", "a")
+    assert await handler.handle_events([delete_event("a", 1)]) == [None]
+    # When it is re-created at v4 (the version keeps growing, as the contract asks)
+    db.insert("profiles", profile_doc("a", 4))
+    _, raw = db.log()[-1]
+    assert await handler.handle_events([ChangeEvent.from_raw("profiles", raw)]) == [None]
+    # Then it is served and announced again
+    got = (await cache.get_many(["a"]))["a"]
+    assert got is not None and got.version == 4
+    assert announced(publisher) == ["profile:a:v:4"]
+
+
+async def test_a_replayed_delete_of_a_profile_that_exists_again_changes_nothing() -> None:
+    # Given a profile that was deleted then re-created, and is cached
+    db = MemoryDatabase()
+    db.insert("profiles", profile_doc("a", 5))
+    cache = LayeredCache(MemoryLayer(100, 60.0, 10.0), None, MemoryProfileSource(db))
+    handler = ProfileChangedHandler(cache, LocalInvalidationBus(), SlowPostStore(), MemoryPublisher())
+    await cache.get_many(["a"])
+    # When the old delete event is replayed
+    assert await handler.handle_events([delete_event("a", 1)]) == [None]
+    # Then the profile is still served
+    got = (await cache.get_many(["a"]))["a"]
+    assert got is not None and got.version == 5
+    assert handler.stats.deleted == 0
+
+
+async def test_a_change_then_a_delete_in_one_batch_ends_deleted() -> None:
+    db = MemoryDatabase()
+    cache = LayeredCache(MemoryLayer(100, 60.0, 10.0), None, MemoryProfileSource(db))
+    handler = ProfileChangedHandler(cache, LocalInvalidationBus(), SlowPostStore(), MemoryPublisher())
+    # Given one batch holding a change of "a" and then its delete (the profile is gone from MongoDB)
+    events = [profile_event("a", 1, 2, "Two"), delete_event("a", 2)]
+    assert await handler.handle_events(events) == [None, None]
+    assert await cache.get_many(["a"]) == {"a": None}
+    assert cache.l1.put("a", AuthorSnapshot("a", "a", "Two", None, 2)) is False
