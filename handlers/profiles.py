@@ -209,7 +209,10 @@ class ProfileChangedHandler:
         kept = set(newest.values())
         for i, snapshot in enumerate(snapshots):
             if i not in kept:  # superseded within the batch
-                self._stale(snapshot, snapshots[newest[snapshot.user_id]].version)
+                latest = snapshots[newest[snapshot.user_id]].version
+                if snapshot.version < latest:
+                    self._stale(snapshot, latest)
+                # else: the same version again (updateLookup read a burst of edits at its newest)
                 report(i, None)
             elif (newer := outcome.newer.get(snapshot.user_id)) is not None:
                 self._stale(snapshot, newer)

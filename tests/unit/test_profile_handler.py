@@ -261,3 +261,14 @@ async def test_a_change_then_a_delete_in_one_batch_ends_deleted() -> None:
     assert await handler.handle_events(events) == [None, None]
     assert await cache.get_many(["a"]) == {"a": None}
     assert cache.l1.put("a", AuthorSnapshot("a", "a", "Two", None, 2)) is False
+
+
+async def test_a_burst_read_at_its_newest_version_is_announced_once_and_is_not_stale() -> None:
+    # Given three update events of one user that updateLookup all read at v5 (a burst of edits)
+    handler, publisher = memory_handler()
+    events = [profile_event("a", n, 5, "Five", op="update") for n in (1, 2, 3)]
+    # When they are handled in one batch
+    assert await handler.handle_events(events) == [None, None, None]
+    # Then v5 is announced once, and nothing is counted as stale or unbumped
+    assert announced(publisher) == ["profile:a:v:5"]
+    assert (handler.stats.stale, handler.stats.unbumped) == (0, 0)
