@@ -11,6 +11,7 @@ from bson import Timestamp
 
 from enrichment.errors import InvalidEvent
 from enrichment.snapshot import DISPLAY_FIELDS, AuthorSnapshot
+from handlers.ids import encode_post_id
 
 Token = Mapping[str, Any]
 
@@ -45,14 +46,15 @@ class ChangeEvent:
 
 @dataclass(frozen=True, slots=True)
 class NewPost:
-    post_id: Any  # as stored (ObjectId or str); rendered with str() in messages
+    post_id: Any  # as stored (ObjectId, str, int…); rendered with handlers.ids in messages
     author_id: str
     text: str
     created_at: str | None
 
     @property
     def id_str(self) -> str:
-        return str(self.post_id)
+        """The id in messages: unique per distinct ``_id`` whatever its type (handlers/ids.py)."""
+        return encode_post_id(self.post_id)
 
 
 def parse_new_post(event: ChangeEvent, max_text_bytes: int) -> NewPost:
@@ -88,11 +90,21 @@ class ProfileChange:
     snapshot: AuthorSnapshot
 
 
-def parse_profile_change(event: ChangeEvent) -> ProfileChange | None:
-    """A display-field change, or None when the event does not concern snapshots.
+@dataclass(frozen=True, slots=True)
+class ProfileDeleted:
+    user_id: str
+
+
+def parse_profile_change(event: ChangeEvent) -> ProfileChange | ProfileDeleted | None:
+    """A display-field change, a deletion, or None when the event does not concern snapshots.
 
     Raises InvalidEvent when the looked-up profile is malformed.
     """
+    if event.op == "delete":
+        # A delete carries only the documentKey. A non-string _id was never a user (nor cached).
+        key = event.raw.get("documentKey")
+        user_id = key.get("_id") if isinstance(key, Mapping) else None
+        return ProfileDeleted(user_id) if isinstance(user_id, str) and user_id else None
     if event.op == "update":
         desc = event.raw.get("updateDescription")
         if not isinstance(desc, Mapping):

@@ -41,7 +41,7 @@ from worker.topology import ensure_topology
 POSTS_STREAM = "posts"
 PROFILES_STREAM = "profiles"
 POST_OPS = ("insert",)
-PROFILE_OPS = ("insert", "update", "replace")
+PROFILE_OPS = ("insert", "update", "replace", "delete")  # deletes tombstone the caches
 
 
 class ManagedPublisher(Publisher, Protocol):

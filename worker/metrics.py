@@ -189,12 +189,49 @@ class WorkerCollector(Collector):
             ],
         )
         yield _counter("publisher_reconnects", "Reconnections to RabbitMQ.", (), [((), pub.reconnects)])
+        yield _counter(
+            "rabbitmq_blocked_episodes",
+            "Times RabbitMQ blocked the publishing connection (connection.blocked: a resource alarm).",
+            (),
+            [((), pub.blocked_pauses)],
+        )
+        yield _counter(
+            "rabbitmq_blocked_seconds",
+            "Seconds publishing spent paused by connection.blocked (grows while a block lasts).",
+            (),
+            [((), pub.blocked_seconds)],
+        )
         in_flight: int | None = getattr(rt.publisher, "in_flight", None)
         if in_flight is not None:
             yield _gauge("publishes_in_flight", "Publishes awaiting a confirm.", (), [((), in_flight)])
         posts = rt.posts.stats
         yield _counter("posts_handled", "Posts fanned out.", (), [((), posts.posts)])
         yield _counter("recipients", "Followers a post was fanned out to.", (), [((), posts.recipients)])
+        profiles = rt.profiles.stats
+        yield _counter(
+            "profiles_deleted",
+            "Deleted profiles tombstoned in every cache layer and on every replica.",
+            (),
+            [((), getattr(profiles, "deleted", 0))],
+        )
+        yield _counter(
+            "profile_changes_stale",
+            "Profile changes older than a version already seen (cache layers): not announced.",
+            (),
+            [((), getattr(profiles, "stale", 0))],
+        )
+        yield _counter(
+            "profile_changes_unbumped",
+            "Profile display changes that kept the version already seen with other content.",
+            (),
+            [((), getattr(profiles, "unbumped", 0))],
+        )
+        yield _counter(
+            "follower_ids_skipped",
+            "Follow edges skipped because their follower_id is not a string.",
+            (),
+            [((), getattr(rt.posts, "invalid_follower_ids", 0))],
+        )
 
     def _cache(self) -> Iterator[Metric]:
         cache = self._worker.runtime.cache

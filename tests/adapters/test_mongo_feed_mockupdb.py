@@ -145,7 +145,9 @@ async def test_profiles_feed_asks_for_update_lookup(mongo: ChangeStreamServer, c
     stage = change_stream_stage(agg)
     assert stage["resumeAfter"] == u1["_id"]
     assert stage["fullDocument"] == "updateLookup"
-    assert agg["pipeline"][1:] == [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}]
+    assert agg["pipeline"][1:] == [
+        {"$match": {"operationType": {"$in": ["insert", "update", "replace", "delete"]}}}
+    ]
 
 
 async def test_without_a_checkpoint_the_stream_starts_from_now(

@@ -92,8 +92,12 @@ def test_counters_track_the_live_stats() -> None:
     w.runtime.profiles.stats.ignored = 2
     pub = w.runtime.publisher.stats
     pub.sent, pub.confirmed, pub.returned, pub.nacked, pub.retried, pub.reconnects = 20, 18, 1, 1, 2, 3
+    pub.blocked_pauses, pub.blocked_seconds = 2, 4.5
     w.runtime.publisher.in_flight = 6
     w.runtime.posts.stats.posts, w.runtime.posts.stats.recipients = 8, 400
+    w.runtime.posts.invalid_follower_ids = 5
+    w.runtime.profiles.stats.stale, w.runtime.profiles.stats.unbumped = 6, 1
+    w.runtime.profiles.stats.deleted = 2
     c = w.runtime.cache.stats
     c.l1_hits, c.l2_hits, c.l3_hits, c.not_found, c.source_queries = 50, 7, 3, 2, 4
     w.runtime.cache.l2.mget_calls, w.runtime.cache.l2.errors = 9, 1
@@ -120,9 +124,15 @@ def test_counters_track_the_live_stats() -> None:
     ]:
         assert m[key("fanout_messages_total", outcome=outcome)] == value
     assert m[key("fanout_publisher_reconnects_total")] == 3
+    assert m[key("fanout_rabbitmq_blocked_episodes_total")] == 2
+    assert m[key("fanout_rabbitmq_blocked_seconds_total")] == 4.5
     assert m[key("fanout_publishes_in_flight")] == 6
     assert m[key("fanout_posts_handled_total")] == 8
     assert m[key("fanout_recipients_total")] == 400
+    assert m[key("fanout_follower_ids_skipped_total")] == 5
+    assert m[key("fanout_profile_changes_stale_total")] == 6
+    assert m[key("fanout_profiles_deleted_total")] == 2
+    assert m[key("fanout_profile_changes_unbumped_total")] == 1
     assert m[key("fanout_cache_hits_total", layer="l1")] == 50
     assert m[key("fanout_cache_hits_total", layer="l2")] == 7
     assert m[key("fanout_cache_hits_total", layer="l3")] == 3
