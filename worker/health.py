@@ -1,8 +1,10 @@
 """``/healthz``, ``/readyz`` and ``/metrics`` on one small asyncio HTTP/1.1 server, no dependency.
 
-Bounded: at most 8 KiB of request head, sent within 5 s; at most 32 connections at once; one
-request per connection. Everything runs on the event loop, so any answer from ``/healthz`` also
-proves the loop is turning.
+Bounded: at most 8 KiB of request head, sent within 2 s; at most 256 connections at once; one
+request per connection. Idle or slow clients cannot starve the probes: when every slot is taken,
+the oldest connection that has not sent its request head yet is dropped to make room for the new
+one. Everything runs on the event loop, so any answer from ``/healthz`` also proves the loop is
+turning. Listens on loopback unless ``health.host`` says otherwise (the container sets 0.0.0.0).
 
 * ``/healthz`` (liveness): 503 when the leader has a stream whose last getMore returned more than
   ``watchdog_seconds`` ago. A standby (or a worker that is starting or stopping) tails nothing,
@@ -30,8 +32,8 @@ if TYPE_CHECKING:
     from worker.service import Worker
 
 MAX_HEAD_BYTES = 8 * 1024
-MAX_CONNECTIONS = 32
-READ_TIMEOUT_SECONDS = 5.0
+MAX_CONNECTIONS = 256
+READ_TIMEOUT_SECONDS = 2.0  # a probe sends its head at once: anything slower is idle or hostile
 CHECK_TIMEOUT_SECONDS = 2.0
 JSON = "application/json"
 KNOWN_ROLES = ("leader", "standby")
@@ -102,6 +104,9 @@ class HealthServer:
         self._check_timeout = check_timeout
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        # Connections still waiting for their request head, oldest first: the ones evicted for room.
+        self._waiting: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
+        self.evicted = 0
 
     @property
     def port(self) -> int:
@@ -126,14 +131,20 @@ class HealthServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        if len(self._connections) >= MAX_CONNECTIONS and self._waiting:
+            self._evict_oldest_waiting()
         busy = len(self._connections) >= MAX_CONNECTIONS
         if task is not None:
             self._connections.add(task)
         try:
-            if busy:
+            if busy:  # every slot is answering a request: nothing idle to drop
                 response = _json(503, {"error": "too many connections"})
             else:
-                response = await self._read_and_answer(reader)
+                self._waiting[writer] = task
+                try:
+                    response = await self._read_and_answer(reader, writer)
+                finally:
+                    self._waiting.pop(writer, None)
             if response:
                 writer.write(response)
                 async with asyncio.timeout(self._read_timeout):
@@ -143,6 +154,7 @@ class HealthServer:
         finally:
             if task is not None:
                 self._connections.discard(task)
+            self._waiting.pop(writer, None)
             writer.close()
             try:
                 async with asyncio.timeout(1.0):
@@ -150,7 +162,16 @@ class HealthServer:
             except Exception:  # a peer that does not read: drop it
                 writer.transport.abort()
 
-    async def _read_and_answer(self, reader: asyncio.StreamReader) -> bytes:
+    def _evict_oldest_waiting(self) -> None:
+        """Drop the oldest connection that has not sent its request head: its slot serves a new one."""
+        writer = next(iter(self._waiting))
+        task = self._waiting.pop(writer)
+        if task is not None:
+            self._connections.discard(task)
+        self.evicted += 1
+        writer.transport.abort()  # its reader sees the connection lost; its task ends by itself
+
+    async def _read_and_answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
         try:
             async with asyncio.timeout(self._read_timeout):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -159,7 +180,8 @@ class HealthServer:
         except asyncio.LimitOverrunError:
             return _json(431, {"error": f"request head over {MAX_HEAD_BYTES} bytes"})
         except asyncio.IncompleteReadError:
-            return b""  # the client went away
+            return b""  # the client went away, or was evicted for room
+        self._waiting.pop(writer, None)  # answering now: no longer idle
         request = head.decode("latin-1").split("\r\n", 1)[0].split(" ")
         if len(request) != 3 or not request[2].startswith("HTTP/1."):
             return _json(400, {"error": "bad request line"})

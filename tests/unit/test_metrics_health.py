@@ -389,3 +389,45 @@ def test_worker_progress_and_status_line() -> None:
     w.role = "standby"  # nothing to tail: the loop turning is the progress
     before = time.monotonic()
     assert worker_progress(w) >= before
+
+
+# --- idle and slow connections must not starve the probes ---------------------------------------
+
+
+async def test_idle_connections_beyond_the_cap_do_not_starve_healthz(worker: SimpleNamespace) -> None:
+    # Given more idle connections (open, nothing sent) than the listener has slots
+    from worker.health import MAX_CONNECTIONS
+
+    server = HealthServer(worker, "127.0.0.1", 0, watchdog_seconds=30)  # the default read timeout
+    await server.start()
+    idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(MAX_CONNECTIONS + 44)]
+    try:
+        await asyncio.sleep(0.1)  # all accepted
+        # When a probe arrives, it is answered at once: the oldest idle connection made room
+        status, _, body = await asyncio.wait_for(get(server.port, "/healthz"), 2)
+        assert status == 200, body
+        assert server.evicted > 0
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await server.close()
+
+
+async def test_idle_connections_are_dropped_after_the_read_timeout(worker: SimpleNamespace) -> None:
+    srv = HealthServer(worker, "127.0.0.1", 0, watchdog_seconds=30)  # the default read timeout
+    await srv.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        started = time.monotonic()
+        data = await asyncio.wait_for(reader.read(), 10)
+        assert b" 408 " in data.split(b"\r\n", 1)[0]
+        assert time.monotonic() - started < 4  # seconds, not the old 5 s per idle socket
+        writer.close()
+    finally:
+        await srv.close()
+
+
+def test_the_listener_binds_loopback_unless_told_otherwise() -> None:
+    from worker.settings import Settings
+
+    assert Settings().health.host == "127.0.0.1"
