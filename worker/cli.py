@@ -19,7 +19,7 @@ from loguru import logger
 from enrichment.errors import ConfigError, FanoutError, ServiceUnavailable, StreamFatal
 from worker import __version__, ops
 from worker.app import build_runtime
-from worker.health import HealthServer, status_line, worker_progress
+from worker.health import HealthServer, status_line, worker_alive
 from worker.logs import configure, redact
 from worker.notify import Notifier, watchdog_loop
 from worker.service import Worker, tune_gc
@@ -197,7 +197,7 @@ async def _run(settings: Settings) -> int:
         asyncio.create_task(
             watchdog_loop(
                 notifier,
-                lambda: worker_progress(worker),
+                lambda: worker_alive(worker, settings.health.watchdog_seconds),
                 notifier.watchdog_interval() or 10.0,
                 lambda: status_line(worker),
             )

@@ -74,6 +74,9 @@ class StreamPipeline:
         self._saved_version = 0
         self.stats = stats or StreamStats()  # passed in, so counters survive leadership terms
         self.last_progress = time.monotonic()  # a getMore (or try_next) came back
+        self._last_reopen = 0.0  # a failed getMore or open, before a reopen: MongoDB being away
+        # What the reader legitimately waits for (room in flight, its checkpoint); None otherwise.
+        self.waiting_for: str | None = None
         self.resumed_from: Token | None = None
         self.checkpoint: Checkpoint | None = None  # the last one loaded or saved
         self.checkpoint_saved_at: float | None = None  # time.time() of the last save
@@ -86,6 +89,14 @@ class StreamPipeline:
     @property
     def in_flight(self) -> int:
         return self.watermark.outstanding
+
+    @property
+    def alive_at(self) -> float:
+        """For liveness (monotonic): now while the reader waits on backpressure or a dependency,
+        else its last getMore or its last failed attempt to reach MongoDB."""
+        if self.waiting_for is not None:
+            return time.monotonic()
+        return max(self.last_progress, self._last_reopen)
 
     def abort(self) -> None:
         """Stop at once without draining: leadership is lost, another worker will replay."""
@@ -100,7 +111,11 @@ class StreamPipeline:
         """
         self._stop = stop
         # Raced against stop: loading the checkpoint can block for a whole server-selection timeout.
-        opened = await until_stopped(self._open_term(stop), stop, 0.0)
+        self.waiting_for = "its checkpoint"
+        try:
+            opened = await until_stopped(self._open_term(stop), stop, 0.0)
+        finally:
+            self.waiting_for = None
         if opened is None:
             return  # stopped while MongoDB was unreachable
         checkpoint, first_start = opened
@@ -215,6 +230,7 @@ class StreamPipeline:
                 lost, resume, start_at = exc, None, None
             except ServiceUnavailable as exc:
                 # Errors the driver could not resume by itself: reopen after the last event read.
+                self._last_reopen = time.monotonic()
                 self.stats.reopens += 1
                 delay = backoff.next_delay()
                 logger.bind(stream=self.stream).warning(
@@ -224,12 +240,17 @@ class StreamPipeline:
 
     async def _take_slot(self, stop: asyncio.Event) -> bool:
         """Wait for room in flight, but give up as soon as the pipeline is told to stop."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.25):
-                    await self._slots.acquire()
-                    return True
-        return False
+        if self._slots.locked():
+            self.waiting_for = "room in flight"  # backpressure: alive, not wedged
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.25):
+                        await self._slots.acquire()
+                        return True
+            return False
+        finally:
+            self.waiting_for = None
 
     def _describe(self, exc: StreamFatal) -> None:
         """Attach the checkpoint's times for the operator's log line."""

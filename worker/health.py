@@ -6,9 +6,11 @@ the oldest connection that has not sent its request head yet is dropped to make 
 one. Everything runs on the event loop, so any answer from ``/healthz`` also proves the loop is
 turning. Listens on loopback unless ``health.host`` says otherwise (the container sets 0.0.0.0).
 
-* ``/healthz`` (liveness): 503 when the leader has a stream whose last getMore returned more than
-  ``watchdog_seconds`` ago. A standby (or a worker that is starting or stopping) tails nothing,
-  so only the loop is judged.
+* ``/healthz`` (liveness): is the process working? 503 only when the event loop's heartbeat, or a
+  leader's stream, showed no life for ``watchdog_seconds``. A stream is alive while its getMores
+  come back, while it retries reaching MongoDB, and while its reader waits for room in flight
+  (backpressure: a dependency is away and ``/readyz`` says which). Restarting such a worker would
+  only make it exit 3 at start. The systemd watchdog is fed from the same rule (``worker_alive``).
 * ``/readyz``: 200 when the role is known (leader or standby), the worker is not stopping and every
   ready check passes within 2 s.
 * ``/metrics``: the Prometheus text of the worker's own registry.
@@ -50,15 +52,29 @@ def _stopping(worker: Worker) -> bool:
     return stop is not None and stop.is_set()
 
 
-def worker_progress(worker: Worker) -> float:
-    """For the systemd watchdog: newest ``last_progress`` (monotonic) of the leader's streams.
+def stale_parts(worker: Worker, watchdog_seconds: float) -> dict[str, float]:
+    """Seconds since each part showed life, for those over ``watchdog_seconds``: empty when alive.
 
-    A standby, a starting or a stopping worker tails nothing, so for it the event loop turning is the
-    progress: the caller runs on the loop and gets ``time.monotonic()``.
+    The parts: the event loop (its heartbeat task) and, on a leader that is not stopping, each
+    stream (``alive_at``: a getMore came back, a reopen was tried, or the reader is waiting for room
+    in flight or for its checkpoint). A standby or a stopping worker tails nothing.
     """
-    if _role(worker) != "leader" or _stopping(worker) or not worker.pipelines:
-        return time.monotonic()
-    return max(p.last_progress for p in worker.pipelines)
+    if _stopping(worker):
+        return {}
+    now = time.monotonic()
+    ages: dict[str, float] = {}
+    beat: float | None = getattr(worker, "heartbeat", None)
+    if beat is not None:
+        ages["event loop"] = now - beat
+    if _role(worker) == "leader":
+        for p in worker.pipelines:
+            ages[p.stream] = now - float(getattr(p, "alive_at", p.last_progress))
+    return {part: round(age, 1) for part, age in ages.items() if age > watchdog_seconds}
+
+
+def worker_alive(worker: Worker, watchdog_seconds: float) -> bool:
+    """For the systemd watchdog: the same rule as ``/healthz``."""
+    return not stale_parts(worker, watchdog_seconds)
 
 
 def status_line(worker: Worker) -> str:
@@ -208,14 +224,7 @@ class HealthServer:
     def liveness(self) -> tuple[int, dict[str, Any]]:
         worker = self._worker
         role = _role(worker)
-        if role != "leader" or _stopping(worker):
-            return 200, {"status": "ok", "role": role}
-        now = time.monotonic()
-        stale = {
-            p.stream: round(now - p.last_progress, 1)
-            for p in worker.pipelines
-            if now - p.last_progress > self._watchdog
-        }
+        stale = stale_parts(worker, self._watchdog)
         if stale:
             return 503, {
                 "status": "stale",
@@ -223,6 +232,9 @@ class HealthServer:
                 "seconds_since_progress": stale,
                 "watchdog_seconds": self._watchdog,
             }
+        waiting = {p.stream: w for p in worker.pipelines if (w := getattr(p, "waiting_for", None))}
+        if waiting and role == "leader" and not _stopping(worker):
+            return 200, {"status": "ok", "role": role, "waiting_for": waiting}
         return 200, {"status": "ok", "role": role}
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:

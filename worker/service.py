@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import time
 
 from loguru import logger
 
@@ -25,6 +26,7 @@ from worker.shutdown import SETTLE_SECONDS, bounded, settle, until_stopped
 
 GC_GEN0_THRESHOLD = 50_000
 STEP_SECONDS = 1.0  # each shutdown step after the drain: lease release, publisher, each client
+HEARTBEAT_SECONDS = 1.0  # the event-loop heartbeat liveness reads
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: a clean stop, no reload
 
 
@@ -57,6 +59,7 @@ class Worker:
         self._stats = {name: StreamStats() for name in runtime.feeds}
         self.hard_stop = False  # a second signal: close without waiting for confirms
         self.stage = "running"  # what shutdown is doing, for the last-resort guard's line
+        self.heartbeat = time.monotonic()  # moved every second while the event loop turns
 
     @property
     def role(self) -> str:
@@ -102,6 +105,7 @@ class Worker:
         listener = asyncio.create_task(
             self.runtime.bus.run(cache.on_remote_invalidation, cache.l1.clear), name="invalidations"
         )
+        beat = asyncio.create_task(self._beat(), name="heartbeat")
         try:
             if self.leadership is None:
                 await self._term(None)
@@ -114,7 +118,7 @@ class Worker:
         finally:
             self.stop.set()
             self.stage = "stopping the invalidation listener"
-            await settle([listener], SETTLE_SECONDS)
+            await settle([listener, beat], SETTLE_SECONDS)
             if self.leadership is not None:
                 self.stage = "releasing the lease"
                 await bounded("releasing the lease", self.leadership.release(), STEP_SECONDS)
@@ -155,6 +159,11 @@ class Worker:
         finally:
             term_stop.set()  # readers exit at their next step even if a cancellation is lost
             await settle([*tasks, *helpers], SETTLE_SECONDS)
+
+    async def _beat(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _forward_stop(self, term_stop: asyncio.Event) -> None:
         await self.stop.wait()
