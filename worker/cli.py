@@ -217,7 +217,9 @@ async def _run(settings: Settings) -> int:
         if health is not None:
             await bounded("closing the health server", health.close(), 1.0)
         notifier.close()
-        guard.disarm()
+        # Left armed: asyncio.run still waits for every task it cancels, and one that ignores its
+        # cancellation would hang the exit. The guard is a daemon thread, so a clean exit is not held.
+        worker.stage = "ending the event loop"
 
 
 async def _announce_stop(worker: Worker, notifier: Notifier, guard: ExitGuard) -> None:
