@@ -1,7 +1,8 @@
 """The ``fanout-worker`` command.
 
 Exit codes: 0 ok · 1 unexpected error · 2 bad configuration · 3 a service unreachable at start ·
-4 a change stream cannot resume (history lost, invalidate) · 130 interrupted twice.
+4 a change stream cannot resume (history lost, invalidate) · 5 shutdown did not finish in time
+(the last-resort guard, worker/shutdown.py) · 130 interrupted twice.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from loguru import logger
 from enrichment.errors import ConfigError, FanoutError, ServiceUnavailable, StreamFatal
 from worker import __version__, ops
 from worker.app import build_runtime
-from worker.health import HealthServer, status_line, worker_progress
+from worker.health import HealthServer, status_line, worker_alive
 from worker.logs import configure, redact
 from worker.notify import Notifier, watchdog_loop
 from worker.service import Worker, tune_gc
 from worker.settings import Settings, load_settings
+from worker.shutdown import GUARD_GRACE_SECONDS, ExitGuard, bounded
 from worker.summary import summary_loop
 
 EXIT_OK = 0
@@ -40,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         "RabbitMQ. Settings come from a TOML file, overridden by FANOUT_* environment variables "
         "(FANOUT_RABBITMQ__URL sets rabbitmq.url).",
         epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad configuration, 3 service unreachable "
-        "at start, 4 change stream cannot resume, 130 interrupted twice.",
+        "at start, 4 change stream cannot resume, 5 shutdown stuck, 130 interrupted twice.",
     )
     parser.add_argument("--version", action="version", version=f"fanout-worker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -191,6 +193,8 @@ async def _run(settings: Settings) -> int:
         return EXIT_CONFIG
     worker = Worker(runtime)
     worker.install_signal_handlers()
+    # Armed when a stop is asked for; the normal path finishes long before it fires.
+    guard = ExitGuard(settings.pipeline.shutdown_deadline_seconds + GUARD_GRACE_SECONDS, lambda: worker.stage)
     tune_gc()
     notifier = Notifier()
     health: HealthServer | None = None
@@ -207,12 +211,12 @@ async def _run(settings: Settings) -> int:
         asyncio.create_task(
             watchdog_loop(
                 notifier,
-                lambda: worker_progress(worker),
+                lambda: worker_alive(worker, settings.health.watchdog_seconds),
                 notifier.watchdog_interval() or 10.0,
                 lambda: status_line(worker),
             )
         ),
-        asyncio.create_task(_announce_stop(worker, notifier)),
+        asyncio.create_task(_announce_stop(worker, notifier, guard)),
     ]
     if settings.log.summary_interval_seconds > 0:
         helpers.append(asyncio.create_task(summary_loop(worker, settings.log.summary_interval_seconds)))
@@ -225,12 +229,16 @@ async def _run(settings: Settings) -> int:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
         if health is not None:
-            await health.close()
+            await bounded("closing the health server", health.close(), 1.0)
         notifier.close()
+        # Left armed: asyncio.run still waits for every task it cancels, and one that ignores its
+        # cancellation would hang the exit. The guard is a daemon thread, so a clean exit is not held.
+        worker.stage = "ending the event loop"
 
 
-async def _announce_stop(worker: Worker, notifier: Notifier) -> None:
+async def _announce_stop(worker: Worker, notifier: Notifier, guard: ExitGuard) -> None:
     await worker.stop.wait()
+    guard.arm()
     notifier.stopping()
 
 

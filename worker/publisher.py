@@ -25,6 +25,9 @@ from handlers.ports import OutgoingMessage
 from worker import uris
 from worker.failures import cause
 from worker.topology import guard
+from worker.shutdown import SETTLE_SECONDS, raise_if_cancelling, settle
+
+CLOSE_SECONDS = 1.0  # closing the connection at shutdown: a dead broker does not answer
 
 
 @dataclass(slots=True)
@@ -127,6 +130,7 @@ class RabbitPublisher:
                 self.stats.nacked += 1
                 logger.warning("broker nacked {}; re-publishing", message.message_id)
             except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+                raise_if_cancelling()  # RuntimeError is among CONNECTION_EXCEPTIONS
                 if isinstance(exc, TimeoutError) and self.blocked:
                     continue  # paused by the broker mid-publish: wait for unblock, then re-publish
                 logger.warning(
@@ -176,10 +180,13 @@ class RabbitPublisher:
     async def _exchange_ready(self, retry: bool) -> tuple[AbstractExchange, int]:
         async with self._lock:
             while self._exchange is None:
+                if self._closed:  # the reconnect loop ends with the publisher
+                    raise ServiceUnavailable("RabbitMQ publisher is closed")
                 try:
                     await self._open()
                     self._backoff.reset()
                 except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+                    raise_if_cancelling()
                     await self._drop_connection()
                     if not retry:
                         where = uris.validate_amqp(self._url).endpoints()
@@ -216,13 +223,13 @@ class RabbitPublisher:
             if generation == self._generation and self._exchange is not None:
                 await self._drop_connection()
 
-    async def _drop_connection(self) -> None:
+    async def _drop_connection(self, wait_seconds: float | None = None) -> None:
         connection, self._connection = self._connection, None
         self._channel = None
         self._exchange = None
         if connection is not None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(wait_seconds or self._timeout):
                     await connection.close()
 
     async def close(self, drain_seconds: float = 0.0) -> None:
@@ -230,12 +237,10 @@ class RabbitPublisher:
         self._closed = True
         if self._tasks and drain_seconds > 0:
             await asyncio.wait(list(self._tasks), timeout=drain_seconds)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks))
-        async with self._lock:
-            await self._drop_connection()
+        watch = [self._unblock_watch] if self._unblock_watch is not None else []
+        await settle([*self._tasks, *watch], SETTLE_SECONDS)
+        # Not under the lock: a reconnect loop holds it for as long as the broker is down.
+        await self._drop_connection(CLOSE_SECONDS)
 
 
 def connection_blocked(connection: object) -> bool:

@@ -148,7 +148,7 @@ class LeaderSettings(_Section):
 
 class HealthSettings(_Section):
     enabled: bool = True
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback: exposing the listener is a decision (the container sets 0.0.0.0)
     port: int = Field(9464, ge=0, le=65535)
     watchdog_seconds: float = Field(60.0, gt=0)
 
