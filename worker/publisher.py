@@ -24,8 +24,8 @@ from enrichment.errors import ConfigError, ServiceUnavailable
 from handlers.ports import OutgoingMessage
 from worker import uris
 from worker.failures import cause
-from worker.topology import guard
 from worker.shutdown import SETTLE_SECONDS, raise_if_cancelling, settle
+from worker.topology import guard
 
 CLOSE_SECONDS = 1.0  # closing the connection at shutdown: a dead broker does not answer
 
