@@ -117,7 +117,11 @@ def _fragment_size(fields: Doc, token: Callable[[int], Doc]) -> int:
 
 
 def _project(doc: Doc, spec: Mapping[str, Any]) -> Doc:
-    if any(v not in (1, True) for k, v in spec.items() if k != "_id") or spec.get("_id", 1) not in (1, True, 0):
+    if any(v not in (1, True) for k, v in spec.items() if k != "_id") or spec.get("_id", 1) not in (
+        1,
+        True,
+        0,
+    ):
         raise Unsupported("only inclusion projections are emulated")
     out: Doc = {}
     if spec.get("_id", 1) and "_id" in doc:
