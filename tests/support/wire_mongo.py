@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import random
 import re
@@ -872,8 +873,8 @@ class WireMongo:
             if not cur.split:
                 cur.pos -= 1  # a getMore on this cursor meets it again, as on a server
                 raise too_large(size, doc)
-            seq = ev.seq
-            cur.pending = split_event(doc, self.max_event_bytes, lambda n: self._token(seq, n))[skip:]
+            token = functools.partial(self._token, ev.seq)
+            cur.pending = split_event(doc, self.max_event_bytes, token)[skip:]
         return out, False
 
     def _stream_reply(
