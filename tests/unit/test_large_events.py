@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
 import pytest
 from bson import Timestamp
 
-from enrichment.errors import InvalidEvent
+from enrichment.errors import EventTooLarge, InvalidEvent
 from handlers.events import (
     POST_EVENT_FIELDS,
     PROFILE_EVENT_FIELDS,
     ChangeEvent,
+    Token,
     parse_new_post,
     parse_profile_change,
 )
 from worker.adapters.memory_db import MemoryDatabase
 from worker.adapters.memory_feed import MemoryChangeFeed, project
+from worker.adapters.memory_stores import MemoryCheckpointStore, MemoryDeadLetters
 from worker.adapters.mongo_feed import splits_large_events
+from worker.dispatch import StreamPipeline
+from worker.settings import PipelineSettings
 
 
 @pytest.mark.parametrize(
@@ -87,3 +97,43 @@ def test_an_event_marked_oversize_is_invalid_with_the_reason(stream: str) -> Non
     )
     with pytest.raises(InvalidEvent, match=r"16 MB .*17000000 bytes"):
         parse()
+
+
+class _TooLargeFeed:
+    """A feed whose stream fails on an event over 16 MB every time it is read."""
+
+    stream = "posts"
+
+    def __init__(self) -> None:
+        self.opens = 0
+
+    @contextlib.asynccontextmanager
+    async def open(self, resume_after: Token | None, start_at: datetime | None = None) -> AsyncIterator[Any]:
+        self.opens += 1
+        yield self
+
+    @property
+    def resume_token(self) -> Token | None:
+        return None
+
+    async def try_next(self) -> ChangeEvent | None:
+        raise EventTooLarge("posts", 10334, "a change event is over MongoDB's 16 MB limit")
+
+
+async def test_an_event_too_large_is_never_resumed_from_now_whatever_on_history_lost_says() -> None:
+    # Given the policy that turns lost history into a recorded gap
+    cfg = PipelineSettings(on_history_lost="resume-from-now")
+    feed, checkpoints = _TooLargeFeed(), MemoryCheckpointStore()
+    pipeline = StreamPipeline(feed, MemoryPublisherHandler(), checkpoints, MemoryDeadLetters(), cfg)
+
+    # When the stream meets an event too large, the pipeline stops with it: no reopen, no gap
+    with pytest.raises(EventTooLarge):
+        await asyncio.wait_for(pipeline.run(asyncio.Event()), 5)
+    assert feed.opens == 1
+    assert checkpoints.recorded_gaps == []
+    assert pipeline.stats.reopens == 0 and pipeline.stats.gaps == 0
+
+
+class MemoryPublisherHandler:
+    async def process(self, events: Any, report: Any) -> None:
+        raise AssertionError("no event may reach the handler")
