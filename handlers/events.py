@@ -15,6 +15,25 @@ from handlers.ids import encode_post_id
 
 Token = Mapping[str, Any]
 
+# The fields of a change event the handlers read. The feeds project every other field away ($project),
+# so events stay small, far under the server's 16 MB limit of one change event, and the network
+# carries less: reading a new field is one edit here. ``_id`` is the resume token (never projected
+# away: error 280); documentKey and ns identify the event in logs and dead letters.
+_EVENT_FIELDS = ("_id", "operationType", "clusterTime", "documentKey", "ns")
+POST_EVENT_FIELDS: tuple[str, ...] = (
+    *_EVENT_FIELDS,
+    *(f"fullDocument.{f}" for f in ("_id", "author_id", "text", "created_at")),
+)
+PROFILE_EVENT_FIELDS: tuple[str, ...] = (
+    *_EVENT_FIELDS,
+    "updateDescription.updatedFields",
+    "updateDescription.removedFields",
+    *(f"fullDocument.{f}" for f in ("_id", "version", *sorted(DISPLAY_FIELDS))),
+)
+# Set by the feed's pipeline under ``mongo.large_events = "skip"`` on an event whose documents were
+# left out because the event would exceed 16 MB: their size in bytes.
+OVERSIZE_FIELD = "fanoutOversizeBytes"
+
 
 @dataclass(frozen=True, slots=True)
 class ChangeEvent:
@@ -24,6 +43,7 @@ class ChangeEvent:
     token: Token
     op: str
     raw: Mapping[str, Any]
+    fragments: int = 1  # > 1: reassembled from $changeStreamSplitLargeEvent fragments
 
     @classmethod
     def from_raw(cls, stream: str, raw: Mapping[str, Any]) -> ChangeEvent:
@@ -37,6 +57,21 @@ class ChangeEvent:
     def cluster_time(self) -> datetime | None:
         ts = self.raw.get("clusterTime")
         return ts.as_datetime() if isinstance(ts, Timestamp) else None
+
+    @property
+    def oversize_bytes(self) -> int | None:
+        """The size of the documents the feed left out of this event (policy "skip"), else None."""
+        size = self.raw.get(OVERSIZE_FIELD)
+        return size if isinstance(size, int) else None
+
+    def check_size(self) -> None:
+        """Raise InvalidEvent for an event that reached us without its documents (too large)."""
+        size = self.oversize_bytes
+        if size is not None:
+            raise InvalidEvent(
+                f"change event over the 16 MB limit ({size} bytes of documents); its documents were "
+                'left out by mongo.large_events = "skip"'
+            )
 
     @property
     def full_document(self) -> Mapping[str, Any] | None:
@@ -59,6 +94,7 @@ class NewPost:
 
 def parse_new_post(event: ChangeEvent, max_text_bytes: int) -> NewPost:
     """Validate a ``posts`` insert event; raise InvalidEvent naming what is wrong."""
+    event.check_size()
     if event.op != "insert":
         raise InvalidEvent(f"posts stream: unexpected operationType {event.op!r}")
     doc = event.full_document
@@ -100,6 +136,7 @@ def parse_profile_change(event: ChangeEvent) -> ProfileChange | ProfileDeleted |
 
     Raises InvalidEvent when the looked-up profile is malformed.
     """
+    event.check_size()
     if event.op == "delete":
         # A delete carries only the documentKey. A non-string _id was never a user (nor cached).
         key = event.raw.get("documentKey")

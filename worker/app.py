@@ -19,6 +19,7 @@ from enrichment.invalidation import InvalidationBus, LocalInvalidationBus, Redis
 from enrichment.memory import MemoryLayer
 from enrichment.redis_layer import RedisLayer
 from enrichment.source import ProfileSource
+from handlers.events import POST_EVENT_FIELDS, PROFILE_EVENT_FIELDS
 from handlers.ports import DeadLetters, FollowerGraph, PostStore, Publisher
 from handlers.posts import PostCreatedHandler
 from handlers.profiles import ProfileChangedHandler
@@ -174,10 +175,24 @@ async def build_runtime(settings: Settings) -> Runtime:
     db = mongo[m.database]
     feeds: dict[str, ChangeFeed] = {
         POSTS_STREAM: MongoChangeFeed(
-            db[m.posts], POSTS_STREAM, POST_OPS, False, m.max_await_time_ms, m.change_batch_size
+            db[m.posts],
+            POSTS_STREAM,
+            POST_OPS,
+            False,
+            m.max_await_time_ms,
+            m.change_batch_size,
+            POST_EVENT_FIELDS,
+            m.large_events,
         ),
         PROFILES_STREAM: MongoChangeFeed(
-            db[m.profiles], PROFILES_STREAM, PROFILE_OPS, True, m.max_await_time_ms, m.change_batch_size
+            db[m.profiles],
+            PROFILES_STREAM,
+            PROFILE_OPS,
+            True,
+            m.max_await_time_ms,
+            m.change_batch_size,
+            PROFILE_EVENT_FIELDS,
+            m.large_events,
         ),
     }
     stores = Stores(

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from loguru import logger
 
-from enrichment.errors import ConfigError, FanoutError, ServiceUnavailable, StreamFatal
+from enrichment.errors import (
+    ConfigError,
+    EventTooLarge,
+    FanoutError,
+    ServiceUnavailable,
+    StreamFatal,
+)
 from worker import __version__, ops
 from worker.app import build_runtime
 from worker.health import HealthServer, status_line, worker_alive
@@ -245,6 +251,20 @@ async def _announce_stop(worker: Worker, notifier: Notifier, guard: ExitGuard) -
 async def _supervise(worker: Worker) -> int:
     try:
         await worker.run()
+    except EventTooLarge as exc:
+        logger.error(
+            "stream {} stopped: {}. It stays at its checkpoint, saved at {} (last event handled at {}): "
+            "reopening would meet the same event again. To go on: upgrade MongoDB to 6.0.9+ or 7.0+ "
+            '(mongo.large_events = "split" then reassembles it), or set mongo.large_events = "skip" '
+            "(dead-lettered without its document), or skip past it with `fanout-worker checkpoint "
+            "reset --stream {} --to-time <after the event>`.",
+            exc.stream,
+            exc.reason,
+            exc.checkpoint_saved_at.isoformat() if exc.checkpoint_saved_at else "never",
+            exc.checkpoint_event_time.isoformat() if exc.checkpoint_event_time else "unknown",
+            exc.stream,
+        )
+        return EXIT_STREAM_FATAL
     except StreamFatal as exc:
         saved = exc.checkpoint_saved_at.isoformat() if exc.checkpoint_saved_at else "never"
         last = exc.checkpoint_event_time.isoformat() if exc.checkpoint_event_time else "unknown"

@@ -22,6 +22,7 @@ from loguru import logger
 from enrichment.backoff import Backoff, wait_event
 from enrichment.errors import (
     Deposed,
+    EventTooLarge,
     PermanentError,
     ServiceUnavailable,
     StreamFatal,
@@ -77,6 +78,10 @@ class StreamPipeline:
         self._last_reopen = 0.0  # a failed getMore or open, before a reopen: MongoDB being away
         # What the reader legitimately waits for (room in flight, its checkpoint); None otherwise.
         self.waiting_for: str | None = None
+        # While the stream fails to (re)open or read: consecutive failures, and the time.time() since
+        # which nothing has been read (the last successful read before them, or the term's start).
+        self.reopen_failures = 0
+        self.reopening_since: float | None = None
         self.resumed_from: Token | None = None
         self.checkpoint: Checkpoint | None = None  # the last one loaded or saved
         self.checkpoint_saved_at: float | None = None  # time.time() of the last save
@@ -183,6 +188,7 @@ class StreamPipeline:
                 return checkpoint, first_start
             except TransientError as exc:
                 raise_if_cancelling()
+                self._failing()
                 delay = backoff.next_delay()
                 logger.bind(stream=self.stream).warning(
                     "stream {}: cannot load its checkpoint ({}); retrying in {:.1f}s", self.stream, exc, delay
@@ -209,6 +215,8 @@ class StreamPipeline:
                         # Never wrap try_next in a timeout: cancelling it closes the stream.
                         event = await cursor.try_next()
                         self.last_progress = time.monotonic()
+                        if self.reopen_failures:
+                            self._reading_again()
                         backoff.reset()
                         resume = cursor.resume_token or resume
                         start_at = None if resume is not None else start_at
@@ -220,11 +228,13 @@ class StreamPipeline:
                             break  # stopping: this event was not begun, so it will be replayed
                         seq = self.watermark.begin(event.token, event.cluster_time)
                         self.stats.read += 1
+                        self.stats.count_size(event.fragments, event.oversize_bytes)
                         self.stats.count(event.op, "read")
                         self._queue.put_nowait((seq, event))
             except StreamFatal as exc:
                 self._describe(exc)
-                if self._cfg.on_history_lost == "fail":
+                # An event too large is not lost history: resuming from now would skip far more.
+                if self._cfg.on_history_lost == "fail" or isinstance(exc, EventTooLarge):
                     raise
                 # From now: neither the token nor a time before the fatal event can be used again.
                 lost, resume, start_at = exc, None, None
@@ -232,11 +242,32 @@ class StreamPipeline:
                 # Errors the driver could not resume by itself: reopen after the last event read.
                 self._last_reopen = time.monotonic()
                 self.stats.reopens += 1
+                self._failing()
                 delay = backoff.next_delay()
                 logger.bind(stream=self.stream).warning(
-                    "stream {} failed ({}); reopening in {:.1f}s", self.stream, exc, delay
+                    "stream {} failed ({}); reopening in {:.1f}s ({} failure(s) in a row)",
+                    self.stream,
+                    exc,
+                    delay,
+                    self.reopen_failures,
                 )
                 await wait_event(stop, delay)
+
+    def _failing(self) -> None:
+        """Count one more failure to (re)open or read; lag and health show it until a read succeeds."""
+        self.reopen_failures += 1
+        if self.reopening_since is None:
+            self.reopening_since = time.time() - (time.monotonic() - self.last_progress)
+
+    def _reading_again(self) -> None:
+        since = self.reopening_since
+        logger.bind(stream=self.stream).info(
+            "stream {} reading again after {} failure(s), {:.0f}s without reading",
+            self.stream,
+            self.reopen_failures,
+            time.time() - since if since is not None else 0.0,
+        )
+        self.reopen_failures, self.reopening_since = 0, None
 
     async def _take_slot(self, stop: asyncio.Event) -> bool:
         """Wait for room in flight, but give up as soon as the pipeline is told to stop."""

@@ -11,8 +11,8 @@ turning. Listens on loopback unless ``health.host`` says otherwise (the containe
   come back, while it retries reaching MongoDB, and while its reader waits for room in flight
   (backpressure: a dependency is away and ``/readyz`` says which). Restarting such a worker would
   only make it exit 3 at start. The systemd watchdog is fed from the same rule (``worker_alive``).
-* ``/readyz``: 200 when the role is known (leader or standby), the worker is not stopping and every
-  ready check passes within 2 s.
+* ``/readyz``: 200 when the role is known (leader or standby), the worker is not stopping, every
+  ready check passes within 2 s and no stream of the leader is failing to (re)open (``streams``).
 * ``/metrics``: the Prometheus text of the worker's own registry.
 """
 
@@ -28,7 +28,7 @@ import orjson
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from worker.metrics import CONTENT_TYPE, build_registry, render
+from worker.metrics import CONTENT_TYPE, build_registry, render, reopening
 
 if TYPE_CHECKING:
     from worker.service import Worker
@@ -244,13 +244,19 @@ class HealthServer:
         names = list(checks)
         results = await asyncio.gather(*(self._check(checks[name]) for name in names))
         stopping = _stopping(worker)
-        ready = role in KNOWN_ROLES and not stopping and all(r == "ok" for r in results)
+        # A leader's stream that fails to (re)open or read is not ready, whatever the checks say.
+        wall = time.time()
+        failing = {p.stream: state for p in worker.pipelines if (state := reopening(p, wall))}
+        failing = failing if role == "leader" else {}
+        ready = role in KNOWN_ROLES and not stopping and all(r == "ok" for r in results) and not failing
         payload = {
             "ready": ready,
             "role": role,
             "stopping": stopping,
             "checks": dict(zip(names, results, strict=True)),
         }
+        if failing:
+            payload["streams"] = failing
         return (200 if ready else 503), payload
 
     async def _check(self, check: ReadyCheck) -> str:

@@ -66,18 +66,29 @@ def change_stream_lag(pipeline: StreamPipeline, now: float) -> float | None:
     """Seconds from the cluster time of the oldest unfinished event to now; 0 when nothing is in flight.
 
     With nothing in flight the worker has finished everything the server returned, so it is caught
-    up: a quiet stream must not show its silence as lag. A disconnected stream also reads 0 here;
-    ``last_progress_age_seconds`` is the signal for that. Until the watermark exposes the oldest
-    pending event (``oldest_pending_time``), the last contiguous handled event stands in for it,
-    which overstates the lag of the first event after a quiet spell.
+    up: a quiet stream must not show its silence as lag. But a stream failing to (re)open or read
+    sees nothing of what is written meanwhile: its lag is at least the time since its last
+    successful read (``reopening_since``), and grows until it reads again. Until the watermark
+    exposes the oldest pending event (``oldest_pending_time``), the last contiguous handled event
+    stands in for it, which overstates the lag of the first event after a quiet spell.
     """
-    if pipeline.in_flight == 0:
-        return 0.0
-    mark = pipeline.watermark
-    oldest: datetime | None = getattr(mark, "oldest_pending_time", None) or mark.event_time
-    if oldest is None:
+    since: float | None = getattr(pipeline, "reopening_since", None)
+    down = None if since is None else max(0.0, now - since)
+    lag: float | None = 0.0
+    if pipeline.in_flight:
+        mark = pipeline.watermark
+        oldest: datetime | None = getattr(mark, "oldest_pending_time", None) or mark.event_time
+        lag = None if oldest is None else max(0.0, now - _epoch_seconds(oldest))
+    return lag if down is None else max(lag or 0.0, down)
+
+
+def reopening(pipeline: StreamPipeline, now: float) -> str | None:
+    """``reopening (3 failures, 42 s)`` while the stream fails to (re)open or read, else None."""
+    since: float | None = getattr(pipeline, "reopening_since", None)
+    if since is None:
         return None
-    return max(0.0, now - _epoch_seconds(oldest))
+    failures = int(getattr(pipeline, "reopen_failures", 0))
+    return f"reopening ({failures} failure{'s' if failures != 1 else ''}, {max(0.0, now - since):.0f} s)"
 
 
 class WorkerCollector(Collector):
@@ -132,6 +143,14 @@ class WorkerCollector(Collector):
             per_stream(lambda p: p.stats.reopens),
         )
         yield _counter(
+            "stream_large_events",
+            "Change events over MongoDB's 16 MB limit: reassembled from fragments (split) or let through "
+            "without their documents and dead-lettered (skipped).",
+            ("stream", "outcome"),
+            [((p.stream, "split"), p.stats.split_events) for p in pipelines]
+            + [((p.stream, "skipped"), p.stats.oversize_skipped) for p in pipelines],
+        )
+        yield _counter(
             "checkpoints_saved",
             "Checkpoints written.",
             stream,
@@ -165,6 +184,18 @@ class WorkerCollector(Collector):
             "Seconds between now and the cluster time of the oldest unfinished event (0 when caught up).",
             stream,
             per_stream(lambda p: change_stream_lag(p, now)),
+        )
+        yield _gauge(
+            "stream_up",
+            "1 while the change stream reads; 0 while it fails to (re)open or read.",
+            stream,
+            per_stream(lambda p: float(getattr(p, "reopening_since", None) is None)),
+        )
+        yield _gauge(
+            "stream_reopen_failures",
+            "Consecutive failures to (re)open or read the change stream (0 when it reads).",
+            stream,
+            per_stream(lambda p: getattr(p, "reopen_failures", 0)),
         )
         yield _gauge(
             "last_progress_age_seconds",

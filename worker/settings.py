@@ -74,6 +74,10 @@ class MongoSettings(_Section):
     max_await_time_ms: int = Field(1_000, gt=0, le=60_000)
     change_batch_size: int = Field(500, gt=0)
     follower_batch_size: int = Field(1_000, gt=0)
+    # What a change event over the server's 16 MB limit does: "split" reassembles the fragments of
+    # $changeStreamSplitLargeEvent (MongoDB 7.0+, 6.0.9+) and fails like "fail" on older servers;
+    # "fail" stops the worker (exit 4); "skip" lets it through without its document, dead-lettered.
+    large_events: Literal["split", "fail", "skip"] = "split"
 
     @field_validator("uri")
     @classmethod
