@@ -23,7 +23,7 @@ from enrichment.errors import (
     ServiceUnavailable,
     StreamFatal,
 )
-from worker import __version__, ops
+from worker import __version__, ops, uris
 from worker.app import build_runtime
 from worker.health import HealthServer, status_line, worker_alive
 from worker.logs import configure, redact
@@ -180,7 +180,8 @@ async def _checkpoint(settings: Settings, args: argparse.Namespace) -> int:
         print(f"fanout-worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ServiceUnavailable as exc:
-        print(f"fanout-worker: {exc}", file=sys.stderr)
+        where = uris.validate_mongo(settings.mongo.uri.get_secret_value()).endpoints()
+        print(f"fanout-worker: {where}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except FanoutError as exc:
         print(f"fanout-worker: {exc}", file=sys.stderr)

@@ -418,3 +418,21 @@ def test_a_library_message_is_scrubbed_of_the_uris_secrets(message: str, uri: st
     scrubbed = scrub(message, uri)
     assert "s3cr3t" not in scrubbed and "tk-s3cret" not in scrubbed
     assert "***" in scrubbed
+
+
+def test_checkpoint_show_names_host_port_and_cause_when_mongodb_is_unreachable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given MongoDB on a closed port, with a password in the URI
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[mongo]\nuri = "mongodb://u:s3cretpw@127.0.0.1:1/?replicaSet=rs0"\nserver_selection_timeout_ms = 300\n'
+    )
+    # When the operator asks for the checkpoints
+    code = main(["checkpoint", "show", "--config", str(config)])
+    # Then one line says where and why, never the password or only a class name
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3
+    assert len(err) == 1
+    assert "127.0.0.1:1" in err[0] and "connection refused" in err[0]
+    assert "s3cretpw" not in err[0]

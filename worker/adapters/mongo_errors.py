@@ -5,6 +5,7 @@ from __future__ import annotations
 from pymongo.errors import OperationFailure, PyMongoError
 
 from enrichment.errors import EventTooLarge, FanoutError, ServiceUnavailable, StreamFatal
+from worker.failures import cause
 
 # The driver resumes network errors, CursorNotFound and ResumableChangeStreamError by itself.
 # These it cannot: the history is gone (286), the stream cannot continue (280), bad token (260).
@@ -26,4 +27,6 @@ def translate(exc: PyMongoError, what: str, stream: str | None = None) -> Fanout
     if stream is not None and code in FATAL_STREAM_CODES:
         return StreamFatal(stream, code, f"{FATAL_STREAM_CODES[code]} (code {code})")
     label = f" code {code}" if code is not None else ""
-    return ServiceUnavailable(f"MongoDB {what} failed: {type(exc).__name__}{label}")
+    why = cause(exc)
+    detail = f" ({why})" if why != type(exc).__name__ else ""
+    return ServiceUnavailable(f"MongoDB {what} failed: {type(exc).__name__}{label}{detail}")
