@@ -15,8 +15,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from worker.adapters.memory_db import MemoryDatabase
-from worker.adapters.memory_stores import MemoryFollowerGraph
+from worker.memory.db import MemoryDatabase
+from worker.memory.stores import MemoryFollowerGraph
 
 
 @dataclass(frozen=True)

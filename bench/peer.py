@@ -20,17 +20,17 @@ import orjson
 from loguru import logger
 
 from bench.graph import profile
-from worker.adapters.memory_db import MemoryDatabase
-from worker.adapters.memory_stores import (
+from worker.memory.db import MemoryDatabase
+from worker.memory.stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,
     MemoryFollowerGraph,
     MemoryPostStore,
     MemoryProfileSource,
 )
-from worker.app import Stores, assemble, redis_client
-from worker.publisher import MemoryPublisher
+from worker.messaging.publisher import MemoryPublisher
 from worker.settings import Settings
+from worker.wiring import Stores, assemble, redis_client
 
 
 def storm_user(i: int) -> str:

@@ -18,7 +18,7 @@ import aio_pika
 import orjson
 
 from bench.rig import AMQP_URL, BenchQueue
-from worker.adapters.memory_stores import MemoryFollowerGraph, MemoryProfileSource
+from worker.memory.stores import MemoryFollowerGraph, MemoryProfileSource
 
 Tick = Callable[[int], None]
 

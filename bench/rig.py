@@ -20,15 +20,18 @@ import redis.asyncio as aioredis
 from bench.graph import SocialGraph, profile
 from bench.probes import DoneTimes, RedisRoundTrips
 from handlers.ports import OutgoingMessage
-from worker.adapters.memory_db import MemoryDatabase
-from worker.adapters.memory_stores import (
+from worker.cli.demo import memory_feeds
+from worker.daemon import Worker, tune_gc
+from worker.memory.db import MemoryDatabase
+from worker.memory.stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,
     MemoryFollowerGraph,
     MemoryPostStore,
     MemoryProfileSource,
 )
-from worker.app import (
+from worker.settings import Settings
+from worker.wiring import (
     POSTS_STREAM,
     PROFILES_STREAM,
     Runtime,
@@ -37,9 +40,6 @@ from worker.app import (
     rabbit_publisher,
     redis_client,
 )
-from worker.demo import memory_feeds
-from worker.service import Worker, tune_gc
-from worker.settings import Settings
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 

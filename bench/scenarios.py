@@ -14,7 +14,7 @@ from bench.graph import SocialGraph, Write, follower_id, profile, workload
 from bench.peer import PeerProcess, storm_user
 from bench.probes import percentile, process_peak_rss
 from bench.rig import Rig
-from worker.app import POSTS_STREAM, PROFILES_STREAM
+from worker.wiring import POSTS_STREAM, PROFILES_STREAM
 
 Tick = Callable[[int], None]
 

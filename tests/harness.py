@@ -12,20 +12,20 @@ import aio_pika
 import orjson
 import redis.asyncio as aioredis
 
-from worker.adapters.memory_db import MemoryDatabase
-from worker.adapters.memory_stores import (
+from worker.cli.demo import memory_feeds
+from worker.daemon import Worker
+from worker.memory.db import MemoryDatabase
+from worker.memory.stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,
     MemoryFollowerGraph,
     MemoryPostStore,
     MemoryProfileSource,
 )
-from worker.app import Runtime, Stores, assemble
-from worker.demo import memory_feeds
+from worker.messaging.publisher import RabbitPublisher
 from worker.ports import ChangeFeed
-from worker.publisher import RabbitPublisher
-from worker.service import Worker
 from worker.settings import Settings
+from worker.wiring import Runtime, Stores, assemble
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 

@@ -18,7 +18,7 @@ from pymongo.uri_parser_shared import _validate_uri  # parse_uri would resolve D
 from redis.connection import parse_url
 from yarl import URL
 
-from worker.logs import SECRET_PARAM, redact
+from worker.observe.logs import SECRET_PARAM, redact
 
 _DEFAULT_PORTS = {"mongodb://": 27017, "redis://": 6379, "rediss://": 6379, "amqp://": 5672, "amqps://": 5671}
 MONGO_SCHEMES = ("mongodb://", "mongodb+srv://")

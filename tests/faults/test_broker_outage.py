@@ -26,10 +26,10 @@ from loguru import logger
 from handlers.ports import OutgoingMessage
 from tests.faults.proxy import TcpProxy
 from tests.harness import Collector, World, settings, start, wait_for
-from worker.adapters.memory_db import token_seq
-from worker.dispatch import StreamPipeline
-from worker.publisher import RabbitPublisher
-from worker.service import Worker
+from worker.daemon import Worker
+from worker.memory.db import token_seq
+from worker.messaging.publisher import RabbitPublisher
+from worker.tailer.pipeline import StreamPipeline
 
 pytestmark = pytest.mark.timeout(120)
 

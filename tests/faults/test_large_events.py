@@ -37,13 +37,13 @@ from tests.faults.daemon import (
 )
 from tests.harness import Collector
 from tests.support.wire_mongo import WireMongo
-from worker.app import POSTS_STREAM, PROFILES_STREAM, Runtime, build_runtime
-from worker.dispatch import StreamPipeline
-from worker.health import HealthServer
-from worker.metrics import build_registry, change_stream_lag, render
+from worker.observe.health import HealthServer
+from worker.observe.metrics import build_registry, change_stream_lag, render
+from worker.observe.summary import _totals, summary_line
 from worker.ports import Checkpoint
 from worker.settings import load_settings
-from worker.summary import _totals, summary_line
+from worker.tailer.pipeline import StreamPipeline
+from worker.wiring import POSTS_STREAM, PROFILES_STREAM, Runtime, build_runtime
 
 FOLLOWERS = {"a1": ["f1", "f2"]}
 EXIT_STREAM_FATAL = 4

@@ -11,9 +11,9 @@ from enrichment.cache import LayeredCache
 from enrichment.memory import MemoryLayer
 from handlers.events import NewPost
 from handlers.posts import PostCreatedHandler
-from worker.adapters.memory_db import MemoryDatabase
-from worker.adapters.memory_stores import MemoryFollowerGraph, MemoryPostStore, MemoryProfileSource
-from worker.publisher import MemoryPublisher
+from worker.memory.db import MemoryDatabase
+from worker.memory.stores import MemoryFollowerGraph, MemoryPostStore, MemoryProfileSource
+from worker.messaging.publisher import MemoryPublisher
 
 BOUND = 8 * 1024 * 1024  # bytes of growth allowed during one fan-out, whatever the follower count
 

@@ -37,9 +37,9 @@ from tests.faults.daemon import (
 )
 from tests.harness import Collector
 from tests.support.wire_mongo import WireMongo
-from worker.app import POSTS_STREAM, Runtime, build_runtime
-from worker.dispatch import StreamPipeline
 from worker.settings import load_settings
+from worker.tailer.pipeline import StreamPipeline
+from worker.wiring import POSTS_STREAM, Runtime, build_runtime
 
 FOLLOWERS = {"a1": ["f1", "f2", "f3"], "a2": ["f2", "f4"]}
 EXIT_STREAM_FATAL = 4

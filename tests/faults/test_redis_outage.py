@@ -1,6 +1,6 @@
 """Redis faults: the worker keeps fanning out from the source, then L2 and the bus come back by themselves.
 
-The worker's Redis client is the production one (``worker.app.redis_client``) pointed at a TcpProxy
+The worker's Redis client is the production one (``worker.wiring.redis_client``) pointed at a TcpProxy
 the test controls; the test reads the real Redis (the same database) through the ``redis`` fixture.
 """
 
@@ -19,8 +19,8 @@ from pydantic import SecretStr
 from enrichment.snapshot import decode_cached
 from tests.faults.proxy import TcpProxy
 from tests.harness import Collector, World, settings, start, wait_for
-from worker.app import redis_client
 from worker.settings import Settings
+from worker.wiring import redis_client
 
 pytestmark = pytest.mark.timeout(120)
 

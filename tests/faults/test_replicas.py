@@ -10,12 +10,12 @@ import pytest
 
 from enrichment.errors import ServiceUnavailable
 from tests.harness import World, settings, wait_for
-from worker.adapters.memory_stores import MemoryLeaseStore
-from worker.leader import Leadership
+from worker.daemon import Worker
+from worker.memory.stores import MemoryLeaseStore
+from worker.messaging.publisher import MemoryPublisher
 from worker.ports import Lease
-from worker.publisher import MemoryPublisher
-from worker.service import Worker
 from worker.settings import LeaderSettings
+from worker.tailer.leader import Leadership
 
 LEADER = LeaderSettings(ttl_seconds=1.0, renew_interval_seconds=0.2)
 

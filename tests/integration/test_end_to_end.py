@@ -7,7 +7,7 @@ import random
 import redis.asyncio as aioredis
 
 from tests.harness import Collector, World, settings, start, wait_for
-from worker.adapters.memory_db import token_seq
+from worker.memory.db import token_seq
 
 
 def build_graph(world: World, rng: random.Random) -> dict[str, set[str]]:

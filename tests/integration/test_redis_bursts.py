@@ -22,7 +22,7 @@ from enrichment.snapshot import AuthorSnapshot
 from handlers.events import ChangeEvent
 from tests.conftest import REDIS_URL
 from tests.harness import Collector, World, settings, start, wait_for
-from worker.app import redis_client
+from worker.wiring import redis_client
 
 
 async def test_lookups_beyond_the_pool_size_wait_for_a_connection_instead_of_failing(

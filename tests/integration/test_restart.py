@@ -8,8 +8,8 @@ import random
 import redis.asyncio as aioredis
 
 from tests.harness import Collector, World, settings, start, wait_for
-from worker.adapters.memory_db import token_seq
-from worker.adapters.memory_stores import MemoryCheckpointStore
+from worker.memory.db import token_seq
+from worker.memory.stores import MemoryCheckpointStore
 from worker.ports import Checkpoint
 
 

@@ -27,8 +27,14 @@ from enrichment.errors import ConfigError, ServiceUnavailable
 from handlers.ports import OutgoingMessage
 from tests.conftest import AMQP_URL, REDIS_URL
 from tests.support.wire_mongo import WireMongo
-from worker.publisher import RabbitPublisher
-from worker.topology import QueueSpec, TopologySettings, declare_topology, ensure_topology, verify_topology
+from worker.messaging.publisher import RabbitPublisher
+from worker.messaging.topology import (
+    QueueSpec,
+    TopologySettings,
+    declare_topology,
+    ensure_topology,
+    verify_topology,
+)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from enrichment.snapshot import AuthorSnapshot, decode_cached
 from handlers.events import ChangeEvent
 from handlers.profiles import ProfileChangedHandler
 from tests.harness import Collector, World, settings, start, wait_for
-from worker.adapters.memory_db import MemoryDatabase
-from worker.adapters.memory_stores import MemoryPostStore, MemoryProfileSource
-from worker.publisher import MemoryPublisher
+from worker.memory.db import MemoryDatabase
+from worker.memory.stores import MemoryPostStore, MemoryProfileSource
+from worker.messaging.publisher import MemoryPublisher
 
 
 def profile_event(doc: dict, seq: int) -> ChangeEvent:

@@ -1,0 +1,132 @@
+"""In-memory change feed over MemoryDatabase: behaves like a MongoDB change stream. NOT MongoDB."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from enrichment.errors import StreamFatal
+from handlers.events import ChangeEvent, Token
+from worker.memory.db import MemoryDatabase, token_seq
+
+
+class MemoryChangeCursor:
+    def __init__(
+        self,
+        db: MemoryDatabase,
+        stream: str,
+        collection: str,
+        op_types: frozenset[str],
+        update_lookup: bool,
+        start: int,
+        max_await_seconds: float,
+        fields: Sequence[str] | None = None,
+    ) -> None:
+        self._db = db
+        self._stream = stream
+        self._collection = collection
+        self._ops = op_types
+        self._lookup = update_lookup
+        self._pos = start
+        self._await = max_await_seconds
+        self._token: Token | None = None
+        self._fields = fields
+        self.getmores = 0
+
+    @property
+    def resume_token(self) -> Token | None:
+        return self._token
+
+    async def try_next(self) -> ChangeEvent | None:
+        event = self._next_matching()
+        if event is None:
+            self.getmores += 1
+            await self._db.wait_for_change(self._await)
+            event = self._next_matching()
+        if event is None:
+            # Like the server's postBatchResumeToken: the log position reached, matching or not.
+            self._pos = max(self._pos, self._db.position)
+            self._token = self._db.last_token
+            return None
+        self._token = event["_id"]
+        return ChangeEvent.from_raw(self._stream, event)
+
+    def _next_matching(self) -> dict[str, Any] | None:
+        while True:
+            batch = self._db.events_after(self._stream, self._pos, 256)
+            if not batch:
+                return None
+            for pos, event in batch:
+                self._pos = pos
+                if event["ns"]["coll"] != self._collection or event["operationType"] not in self._ops:
+                    continue
+                return self._render(event)
+
+    def _render(self, event: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(event)
+        if self._lookup and event["operationType"] == "update":
+            current = self._db.collection(self._collection).get(event["documentKey"]["_id"])
+            out["fullDocument"] = copy.deepcopy(current)
+        return out if self._fields is None else project(out, self._fields)
+
+
+def project(doc: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    """An inclusion ``$project`` of dotted paths, like the MongoDB feed's (through documents only)."""
+    out: dict[str, Any] = {}
+    for path in fields:
+        *parents, leaf = path.split(".")
+        src: Any = doc
+        dst = out
+        for part in parents:
+            src = src.get(part) if isinstance(src, Mapping) else None
+            if not isinstance(src, Mapping):
+                break
+            dst = dst.setdefault(part, {})
+        else:
+            if isinstance(src, Mapping) and leaf in src:
+                dst[leaf] = src[leaf]
+    return out
+
+
+class MemoryChangeFeed:
+    """A ChangeFeed on one collection of a MemoryDatabase."""
+
+    def __init__(
+        self,
+        db: MemoryDatabase,
+        stream: str,
+        collection: str,
+        op_types: frozenset[str],
+        update_lookup: bool = False,
+        max_await_seconds: float = 0.2,
+        fields: Sequence[str] | None = None,
+    ) -> None:
+        self.stream = stream
+        self._fields = fields  # the fields handlers read: projected like the MongoDB feed does
+        self._db = db
+        self._collection = collection
+        self._ops = op_types
+        self._lookup = update_lookup
+        self._await = max_await_seconds
+        self.opened_with: list[Token | None] = []
+
+    @asynccontextmanager
+    async def open(
+        self, resume_after: Token | None, start_at: datetime | None = None
+    ) -> AsyncIterator[MemoryChangeCursor]:
+        self.opened_with.append(resume_after)
+        if resume_after is None and start_at is not None:
+            start = self._db.position_at(start_at)
+        elif resume_after is None:
+            start = self._db.position
+        else:
+            seq = token_seq(resume_after)
+            if seq is None:
+                raise StreamFatal(self.stream, 280, "resume token was not issued by this database")
+            start = seq
+        yield MemoryChangeCursor(
+            self._db, self.stream, self._collection, self._ops, self._lookup, start, self._await, self._fields
+        )
