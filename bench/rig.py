@@ -20,9 +20,9 @@ import redis.asyncio as aioredis
 from bench.graph import SocialGraph, profile
 from bench.probes import DoneTimes, RedisRoundTrips
 from handlers.ports import OutgoingMessage
-from worker.cli.demo import memory_feeds
 from worker.daemon import Worker, tune_gc
 from worker.memory.db import MemoryDatabase
+from worker.memory.feed import memory_feeds
 from worker.memory.stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,

@@ -14,7 +14,7 @@ from bench.graph import SocialGraph, Write, follower_id, profile, workload
 from bench.peer import PeerProcess, storm_user
 from bench.probes import percentile, process_peak_rss
 from bench.rig import Rig
-from worker.wiring import POSTS_STREAM, PROFILES_STREAM
+from worker.streams import POSTS, PROFILES
 
 Tick = Callable[[int], None]
 
@@ -60,12 +60,12 @@ def _snapshot(rig: Rig) -> dict[str, int]:
         "source_queries": rig.source.queries,
         "redis": rig.round_trips.total,
         "mget": rig.round_trips.by_command["MGET"],
-        "batches": sum(p.stats.batches for p in pipelines if p.stream == POSTS_STREAM),
+        "batches": sum(p.stats.batches for p in pipelines if p.stream == POSTS.name),
         "all_batches": sum(p.stats.batches for p in pipelines),
         "messages": rig.runtime.publisher.stats.confirmed,
         "recipients": rig.runtime.posts.stats.recipients,
-        "posts": rig.handled(POSTS_STREAM),
-        "edits": rig.handled(PROFILES_STREAM),
+        "posts": rig.handled(POSTS.name),
+        "edits": rig.handled(PROFILES.name),
         "sizes": len(rig.sizes),
     }
 
@@ -77,14 +77,14 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 async def _offer(rig: Rig, writes: list[Write], backlog: int, tick: Tick) -> tuple[int, int]:
     """Write as fast as the worker takes them, keeping at most ``backlog`` posts unfinished."""
     posts = edits = 0
-    base = rig.handled(POSTS_STREAM)
+    base = rig.handled(POSTS.name)
     for i, w in enumerate(writes):
         if w.edit:
             rig.edit(w.user)
             edits += 1
             continue
-        while posts - (rig.handled(POSTS_STREAM) - base) >= backlog:
-            tick(rig.handled(POSTS_STREAM) - base)
+        while posts - (rig.handled(POSTS.name) - base) >= backlog:
+            tick(rig.handled(POSTS.name) - base)
             await asyncio.sleep(0.002)
         rig.post(w.user)
         posts += 1
@@ -198,7 +198,7 @@ async def half_load(
     count = max(1, int(posts_per_s * seconds))
     writes = list(workload(graph, count, edit_rate, seed))
     first = len(rig.offered)
-    before_posts, before_edits = rig.handled(POSTS_STREAM), rig.handled(PROFILES_STREAM)
+    before_posts, before_edits = rig.handled(POSTS.name), rig.handled(PROFILES.name)
     confirmed = rig.confirmed
     interval = 1 / posts_per_s
     start = time.monotonic() + 0.01
@@ -235,12 +235,12 @@ async def sweep(rig: Rig, sizes: Sizes, tick: Tick) -> list[dict[str, Any]]:
     chunk = rig.settings.pipeline.chunk_size
     for count in SWEEP_FOLLOWERS:
         posts = max(1, sizes.sweep_messages // math.ceil(count / chunk))
-        before, confirmed = rig.handled(POSTS_STREAM), rig.confirmed
+        before, confirmed = rig.handled(POSTS.name), rig.confirmed
         recipients = rig.runtime.posts.stats.recipients  # type: ignore[union-attr]
         started = time.monotonic()
         for _ in range(posts):
             rig.post(sweep_user(count))
-        await rig.wait_handled(before + posts, rig.handled(PROFILES_STREAM))
+        await rig.wait_handled(before + posts, rig.handled(PROFILES.name))
         elapsed = time.monotonic() - started
         delivered = rig.runtime.posts.stats.recipients - recipients  # type: ignore[union-attr]
         queued = await rig.queue.drain_count()  # type: ignore[union-attr]
@@ -265,14 +265,14 @@ async def storm(rig: Rig, peer: PeerProcess, sizes: Sizes, tick: Tick) -> dict[s
     invalidation latency is from the write to that replica dropping the user from its L1.
     """
     users = [storm_user(i) for i in range(sizes.storm_users)]
-    before = rig.handled(PROFILES_STREAM)
+    before = rig.handled(PROFILES.name)
     rewritten = rig.runtime.profiles.stats.posts_rewritten  # type: ignore[union-attr]
     started = time.monotonic()
     for i, uid in enumerate(users):
         rig.edit(uid)
         if i % 50 == 49:
             await asyncio.sleep(0)
-    await rig.wait_handled(rig.handled(POSTS_STREAM), before + len(users))
+    await rig.wait_handled(rig.handled(POSTS.name), before + len(users))
     elapsed = time.monotonic() - started
     tick(len(users))
     await asyncio.sleep(0.5)  # the last invalidations are on the wire to the peer

@@ -12,9 +12,9 @@ import aio_pika
 import orjson
 import redis.asyncio as aioredis
 
-from worker.cli.demo import memory_feeds
 from worker.daemon import Worker
 from worker.memory.db import MemoryDatabase
+from worker.memory.feed import memory_feeds
 from worker.memory.stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,

@@ -19,10 +19,11 @@ from loguru import logger
 from enrichment.errors import Deposed
 from worker.ports import Lease
 from worker.shutdown import SETTLE_SECONDS, bounded, settle, until_stopped
+from worker.streams import BY_NAME
 from worker.tailer.eventlog import StreamStats
 from worker.tailer.leader import Leadership
-from worker.tailer.pipeline import EventHandler, StreamPipeline
-from worker.wiring import POSTS_STREAM, PROFILES_STREAM, Runtime
+from worker.tailer.pipeline import StreamPipeline
+from worker.wiring import Runtime
 
 GC_GEN0_THRESHOLD = 50_000
 STEP_SECONDS = 1.0  # each shutdown step after the drain: lease release, publisher, each client
@@ -68,11 +69,10 @@ class Worker:
 
     def _pipelines(self, epoch: int) -> list[StreamPipeline]:
         rt = self.runtime
-        handlers: dict[str, EventHandler] = {POSTS_STREAM: rt.posts, PROFILES_STREAM: rt.profiles}
         return [
             StreamPipeline(
                 feed,
-                handlers[name],
+                BY_NAME[name].handler(rt),
                 rt.checkpoints,
                 rt.dead_letters,
                 rt.settings.pipeline,

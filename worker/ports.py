@@ -1,13 +1,16 @@
-"""Interfaces the runtime needs from MongoDB, beyond what handlers and the cache need."""
+"""The worker room's interfaces: change feeds, checkpoints, leases and the event handlers the
+pipelines drive. Handlers' own needs are in ``handlers/ports.py``, the cache's in ``enrichment/``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from handlers.events import ChangeEvent, Token
+from handlers.ports import Report
 
 
 class ChangeCursor(Protocol):
@@ -92,3 +95,9 @@ class LeaseStore(Protocol):
     async def release(self, lease: Lease) -> None: ...
 
     async def current(self) -> Lease | None: ...
+
+
+class EventHandler(Protocol):
+    async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
+        """Handle a batch; call ``report(i, None | error)`` once per event as soon as it is done."""
+        ...

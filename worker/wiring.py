@@ -19,7 +19,6 @@ from enrichment.invalidation import InvalidationBus, LocalInvalidationBus, Redis
 from enrichment.memory import MemoryLayer
 from enrichment.redis_layer import RedisLayer
 from enrichment.source import ProfileSource
-from handlers.events import POST_EVENT_FIELDS, PROFILE_EVENT_FIELDS
 from handlers.ports import DeadLetters, FollowerGraph, PostStore, Publisher
 from handlers.posts import PostCreatedHandler
 from handlers.profiles import ProfileChangedHandler
@@ -38,11 +37,7 @@ from worker.mongo.stores import (
 )
 from worker.ports import ChangeFeed, CheckpointStore, LeaseStore
 from worker.settings import Settings
-
-POSTS_STREAM = "posts"
-PROFILES_STREAM = "profiles"
-POST_OPS = ("insert",)
-PROFILE_OPS = ("insert", "update", "replace", "delete")  # deletes tombstone the caches
+from worker.streams import STREAMS
 
 
 class ManagedPublisher(Publisher, Protocol):
@@ -174,26 +169,17 @@ async def build_runtime(settings: Settings) -> Runtime:
         raise ServiceUnavailable(f"MongoDB is unreachable: {where}: {cause(exc)}") from None
     db = mongo[m.database]
     feeds: dict[str, ChangeFeed] = {
-        POSTS_STREAM: MongoChangeFeed(
-            db[m.posts],
-            POSTS_STREAM,
-            POST_OPS,
-            False,
+        spec.name: MongoChangeFeed(
+            db[spec.collection(m)],
+            spec.name,
+            spec.ops,
+            spec.update_lookup,
             m.max_await_time_ms,
             m.change_batch_size,
-            POST_EVENT_FIELDS,
+            spec.fields,
             m.large_events,
-        ),
-        PROFILES_STREAM: MongoChangeFeed(
-            db[m.profiles],
-            PROFILES_STREAM,
-            PROFILE_OPS,
-            True,
-            m.max_await_time_ms,
-            m.change_batch_size,
-            PROFILE_EVENT_FIELDS,
-            m.large_events,
-        ),
+        )
+        for spec in STREAMS
     }
     stores = Stores(
         source=MongoProfileSource(db[m.profiles]),

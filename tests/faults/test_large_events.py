@@ -42,8 +42,9 @@ from worker.observe.metrics import build_registry, change_stream_lag, render
 from worker.observe.summary import _totals, summary_line
 from worker.ports import Checkpoint
 from worker.settings import load_settings
+from worker.streams import POSTS, PROFILES
 from worker.tailer.pipeline import StreamPipeline
-from worker.wiring import POSTS_STREAM, PROFILES_STREAM, Runtime, build_runtime
+from worker.wiring import Runtime, build_runtime
 
 FOLLOWERS = {"a1": ["f1", "f2"]}
 EXIT_STREAM_FATAL = 4
@@ -187,7 +188,7 @@ async def test_a_profile_edit_over_16_mb_is_split_skipped_or_stops_the_stream(
 ) -> None:
     """Real sizes: an 18 MB change event (9 MB in the diff, 9 MB in the looked-up profile)."""
     wm.version = version
-    async with running(wm, PROFILES_STREAM, exchange, key_prefix, large_events=policy) as run:
+    async with running(wm, PROFILES.name, exchange, key_prefix, large_events=policy) as run:
         p = run.pipeline
         wm.db(DB).update_one("profiles", {"_id": "a1"}, {"$set": {"display_name": BIG, "version": 2}})
         update_token = token_data(wm.change_events()[-1]["_id"])
@@ -232,7 +233,7 @@ def big_updates(collector: Collector) -> list[Any]:
 async def test_a_stream_that_keeps_failing_to_reopen_shows_in_lag_summary_metrics_and_readyz(
     wm: WireMongo, collector: Collector, exchange: str, key_prefix: str, redis: aioredis.Redis
 ) -> None:
-    async with running(wm, POSTS_STREAM, exchange, key_prefix) as run:
+    async with running(wm, POSTS.name, exchange, key_prefix) as run:
         p, worker = run.pipeline, run.worker
         health = HealthServer(worker, "127.0.0.1", 0, 60.0)
         before = _totals(worker)

@@ -38,8 +38,9 @@ from tests.faults.daemon import (
 from tests.harness import Collector
 from tests.support.wire_mongo import WireMongo
 from worker.settings import load_settings
+from worker.streams import POSTS
 from worker.tailer.pipeline import StreamPipeline
-from worker.wiring import POSTS_STREAM, Runtime, build_runtime
+from worker.wiring import Runtime, build_runtime
 
 FOLLOWERS = {"a1": ["f1", "f2", "f3"], "a2": ["f2", "f4"]}
 EXIT_STREAM_FATAL = 4
@@ -114,7 +115,7 @@ async def posts_pipeline(
     )
     runtime = await build_runtime(settings)
     pipeline = StreamPipeline(
-        runtime.feeds[POSTS_STREAM],
+        runtime.feeds[POSTS.name],
         runtime.posts,
         runtime.checkpoints,
         runtime.dead_letters,

@@ -20,10 +20,9 @@ from loguru import logger
 from redis.exceptions import RedisError
 
 from enrichment.errors import ServiceUnavailable
-from handlers.events import POST_EVENT_FIELDS, PROFILE_EVENT_FIELDS
 from worker.daemon import Worker
 from worker.memory.db import MemoryDatabase
-from worker.memory.feed import MemoryChangeFeed
+from worker.memory.feed import memory_feeds
 from worker.memory.stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,
@@ -32,13 +31,8 @@ from worker.memory.stores import (
     MemoryProfileSource,
 )
 from worker.messaging.publisher import MemoryPublisher
-from worker.ports import ChangeFeed
 from worker.settings import Settings
 from worker.wiring import (
-    POST_OPS,
-    POSTS_STREAM,
-    PROFILE_OPS,
-    PROFILES_STREAM,
     ManagedPublisher,
     Runtime,
     Stores,
@@ -46,25 +40,6 @@ from worker.wiring import (
     rabbit_publisher,
     redis_client,
 )
-
-
-def memory_feeds(db: MemoryDatabase, max_await_seconds: float = 0.2) -> dict[str, ChangeFeed]:
-    """Both change feeds over the in-memory MongoDB stand-in (demo, benchmarks, tests), watching
-    what ``build_runtime``'s do. NOT MongoDB."""
-    return {
-        POSTS_STREAM: MemoryChangeFeed(
-            db, POSTS_STREAM, "posts", frozenset(POST_OPS), False, max_await_seconds, POST_EVENT_FIELDS
-        ),
-        PROFILES_STREAM: MemoryChangeFeed(
-            db,
-            PROFILES_STREAM,
-            "profiles",
-            frozenset(PROFILE_OPS),
-            True,
-            max_await_seconds,
-            PROFILE_EVENT_FIELDS,
-        ),
-    }
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,7 @@ from worker.mongo.stores import MongoCheckpointStore, MongoLeaseStore
 from worker.observe.logs import redact
 from worker.ports import Checkpoint
 from worker.settings import Settings
-from worker.wiring import POSTS_STREAM, PROFILES_STREAM
-
-STREAMS = (POSTS_STREAM, PROFILES_STREAM)
+from worker.streams import NAMES as STREAMS
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ from typing import Any
 from enrichment.errors import StreamFatal
 from handlers.events import ChangeEvent, Token
 from worker.memory.db import MemoryDatabase, token_seq
+from worker.ports import ChangeFeed
+from worker.settings import MongoSettings
+from worker.streams import STREAMS
 
 
 class MemoryChangeCursor:
@@ -130,3 +133,21 @@ class MemoryChangeFeed:
         yield MemoryChangeCursor(
             self._db, self.stream, self._collection, self._ops, self._lookup, start, self._await, self._fields
         )
+
+
+def memory_feeds(db: MemoryDatabase, max_await_seconds: float = 0.2) -> dict[str, ChangeFeed]:
+    """Every stream of the table over the in-memory MongoDB stand-in (demo, benchmarks, tests),
+    watching what ``build_runtime``'s feeds do, on the default collection names. NOT MongoDB."""
+    names = MongoSettings()
+    return {
+        spec.name: MemoryChangeFeed(
+            db,
+            spec.name,
+            spec.collection(names),
+            frozenset(spec.ops),
+            spec.update_lookup,
+            max_await_seconds,
+            spec.fields,
+        )
+        for spec in STREAMS
+    }

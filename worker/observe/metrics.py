@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from worker.wiring import PROFILES_STREAM
+from worker.streams import PROFILES
 
 if TYPE_CHECKING:
     from worker.daemon import Worker
@@ -117,7 +117,7 @@ class WorkerCollector(Collector):
         for p in pipelines:
             for (op, outcome), n in sorted(p.stats.by_type.items()):
                 events.append(((p.stream, op, outcome), n))
-            if p.stream == PROFILES_STREAM:
+            if p.stream == PROFILES.name:
                 # Only updates can miss the display fields (a replace always counts as a change).
                 events.append(((p.stream, "update", "ignored"), w.runtime.profiles.stats.ignored))
         yield _counter(

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 from loguru import logger
 
@@ -29,8 +27,8 @@ from enrichment.errors import (
     TransientError,
 )
 from handlers.events import ChangeEvent, Token
-from handlers.ports import DeadLetters, Report
-from worker.ports import ChangeFeed, Checkpoint, CheckpointStore, Gap
+from handlers.ports import DeadLetters
+from worker.ports import ChangeFeed, Checkpoint, CheckpointStore, EventHandler, Gap
 from worker.settings import PipelineSettings
 from worker.shutdown import SETTLE_SECONDS, bounded, raise_if_cancelling, settle, until_stopped
 from worker.tailer.eventlog import StreamStats, event_logger
@@ -42,12 +40,6 @@ _Item = tuple[int, ChangeEvent]
 # (that closes the stream, which is fine now), and how long the final checkpoint save may take.
 READER_GRACE_SECONDS = 1.0
 FINAL_SAVE_SECONDS = 1.5
-
-
-class EventHandler(Protocol):
-    async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
-        """Handle a batch; call ``report(i, None | error)`` once per event as soon as it is done."""
-        ...
 
 
 class StreamPipeline:

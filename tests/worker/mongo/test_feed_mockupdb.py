@@ -22,7 +22,7 @@ from enrichment.errors import EventTooLarge, InvalidEvent, ServiceUnavailable, S
 from handlers.events import POST_EVENT_FIELDS, PROFILE_EVENT_FIELDS, ChangeEvent, parse_new_post
 from tests.worker.mongo.mockup_helpers import HANGUP, ChangeStreamServer, Fault, ServerError
 from worker.mongo.feed import LargeEvents, MongoChangeCursor, MongoChangeFeed
-from worker.wiring import POST_OPS, PROFILE_OPS
+from worker.streams import POSTS, PROFILES
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -53,7 +53,7 @@ async def client(mongo: ChangeStreamServer) -> AsyncIterator[Client]:
 
 def posts_feed(client: Client, large_events: LargeEvents = "split") -> MongoChangeFeed:
     return MongoChangeFeed(
-        client["social"]["posts"], "posts", POST_OPS, False, 50, 100, POST_EVENT_FIELDS, large_events
+        client["social"]["posts"], "posts", POSTS.ops, False, 50, 100, POST_EVENT_FIELDS, large_events
     )
 
 
@@ -61,7 +61,7 @@ def profiles_feed(client: Client, large_events: LargeEvents = "split") -> MongoC
     return MongoChangeFeed(
         client["social"]["profiles"],
         "profiles",
-        PROFILE_OPS,
+        PROFILES.ops,
         True,
         50,
         100,
