@@ -176,7 +176,6 @@ class Worker:
         self.stage = "closing the publisher"
         await bounded("closing the publisher", self.runtime.publisher.close(drain), drain + 2 * STEP_SECONDS)
         self.stage = "closing the clients"
-        for close in reversed(self.runtime.closers):
-            await bounded("closing a client", close(), STEP_SECONDS)
+        await self.runtime.resources.aclose()
         self.stage = "stopped"
         logger.info("fanout-worker stopped")

@@ -1,9 +1,12 @@
-"""Wiring: the one place that builds clients and adapters and decides which implementation is used."""
+"""Wiring: the one place that builds clients and adapters and decides which implementation is used,
+for ``run``, ``check``, ``demo`` and the checkpoint commands. What it opens goes on an
+``AsyncExitStack`` and is closed in reverse order, each step bounded."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,7 +17,7 @@ from redis.exceptions import RedisError
 
 from enrichment.breaker import CircuitBreaker
 from enrichment.cache import LayeredCache
-from enrichment.errors import ConfigError, ServiceUnavailable
+from enrichment.errors import ServiceUnavailable
 from enrichment.invalidation import InvalidationBus, LocalInvalidationBus, RedisInvalidationBus
 from enrichment.memory import MemoryLayer
 from enrichment.redis_layer import RedisLayer
@@ -37,6 +40,7 @@ from worker.mongo.stores import (
 )
 from worker.ports import ChangeFeed, CheckpointStore, LeaseStore
 from worker.settings import Settings
+from worker.shutdown import bounded
 from worker.streams import STREAMS
 
 
@@ -49,9 +53,6 @@ class ManagedPublisher(Publisher, Protocol):
     async def connect(self) -> None: ...
 
     async def close(self, drain_seconds: float = 0.0) -> None: ...
-
-
-Closer = Callable[[], Awaitable[Any]]
 
 
 @dataclass
@@ -70,7 +71,8 @@ class Runtime:
     leases: LeaseStore | None = None  # None: leader election off, this worker always tails
     # Readiness probes by dependency name, for /readyz and `fanout-worker check`.
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
-    closers: list[Closer] = field(default_factory=list)  # closed in reverse order
+    # Every client the wiring opened, closed in reverse order of opening, each step bounded.
+    resources: AsyncExitStack = field(default_factory=AsyncExitStack)
     labels: dict[str, str] = field(default_factory=dict)  # what each dependency really is
 
 
@@ -151,20 +153,67 @@ def rabbit_publisher(settings: Settings) -> RabbitPublisher:
     )
 
 
-async def build_runtime(settings: Settings) -> Runtime:
-    """Production wiring: PyMongo async, Redis and RabbitMQ. Fails fast if one is unreachable."""
+CLOSE_STEP_SECONDS = 1.0  # closing one client at shutdown: a dead peer does not answer
+
+
+def close_later(stack: AsyncExitStack, what: str, close: Callable[[], Awaitable[Any]]) -> None:
+    """Register ``close`` on ``stack``, bounded, so one dead peer cannot hold the others' closing."""
+
+    async def bounded_close() -> None:
+        await bounded(f"closing {what}", close(), CLOSE_STEP_SECONDS)
+
+    stack.push_async_callback(bounded_close)
+
+
+def mongo_client(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
+    """The one place a MongoDB client is built (run, check, checkpoint commands)."""
     m = settings.mongo
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+    return AsyncMongoClient(
         m.uri.get_secret_value(),
         serverSelectionTimeoutMS=m.server_selection_timeout_ms,
         appname="fanout-worker",
         tz_aware=True,
     )
-    closers: list[Closer] = [mongo.close]
+
+
+def open_mongo(settings: Settings, stack: AsyncExitStack) -> AsyncMongoClient[dict[str, Any]]:
+    client = mongo_client(settings)
+    close_later(stack, "MongoDB", client.close)
+    return client
+
+
+def open_redis(settings: Settings, stack: AsyncExitStack) -> aioredis.Redis:
+    client = redis_client(settings)
+    close_later(stack, "Redis", client.aclose)
+    return client
+
+
+def checkpoint_stores(
+    settings: Settings, mongo: AsyncMongoClient[dict[str, Any]]
+) -> tuple[MongoCheckpointStore, MongoLeaseStore]:
+    """The stores the checkpoint commands need."""
+    m = settings.mongo
+    db = mongo[m.database]
+    return MongoCheckpointStore(db[m.checkpoints], db[m.gaps]), MongoLeaseStore(
+        db[m.leases], settings.leader.name
+    )
+
+
+async def build_runtime(settings: Settings) -> Runtime:
+    """Production wiring: PyMongo async, Redis and RabbitMQ. Fails fast if one is unreachable, having
+    closed whatever it opened."""
+    async with AsyncExitStack() as stack:
+        runtime = await _build(settings, stack)
+        runtime.resources = stack.pop_all()  # from here on the daemon closes them
+        return runtime
+
+
+async def _build(settings: Settings, stack: AsyncExitStack) -> Runtime:
+    m = settings.mongo
+    mongo = open_mongo(settings, stack)
     try:
         await mongo.admin.command("ping")
     except PyMongoError as exc:
-        await mongo.close()
         where = uris.validate_mongo(m.uri.get_secret_value()).endpoints()
         raise ServiceUnavailable(f"MongoDB is unreachable: {where}: {cause(exc)}") from None
     db = mongo[m.database]
@@ -181,25 +230,26 @@ async def build_runtime(settings: Settings) -> Runtime:
         )
         for spec in STREAMS
     }
+    checkpoints, leases = checkpoint_stores(settings, mongo)
     stores = Stores(
         source=MongoProfileSource(db[m.profiles]),
         posts=MongoPostStore(db[m.posts]),
         graph=MongoFollowerGraph(db[m.follows], m.follower_batch_size),
-        checkpoints=MongoCheckpointStore(db[m.checkpoints], db[m.gaps]),
+        checkpoints=checkpoints,
         dead_letters=MongoDeadLetters(db[m.dead_letters]),
-        leases=MongoLeaseStore(db[m.leases], settings.leader.name) if settings.leader.enabled else None,
+        leases=leases if settings.leader.enabled else None,
     )
-    redis = redis_client(settings)
-    closers.append(redis.aclose)
+    redis = open_redis(settings, stack)
     try:
         await redis.ping()
     except (RedisError, OSError) as exc:
-        for close in reversed(closers):
-            await close()
         where = uris.validate_redis(settings.redis.url.get_secret_value()).endpoints()
         raise ServiceUnavailable(f"Redis is unreachable: {where}: {cause(exc)}") from None
     publisher = rabbit_publisher(settings)
-    try:
+    # Closed by the daemon first (it drains confirms); here only if start-up fails after this.
+    start_failed = AsyncExitStack()
+    start_failed.push_async_callback(publisher.close)
+    async with start_failed:
         await publisher.connect()
         # Consumer queues first, so fan-out messages always have somewhere to go.
         await ensure_topology(
@@ -208,13 +258,8 @@ async def build_runtime(settings: Settings) -> Runtime:
             settings.topology,
             settings.rabbitmq.confirm_timeout_seconds,
         )
-    except (ServiceUnavailable, ConfigError):
-        await publisher.close()
-        for close in reversed(closers):
-            await close()
-        raise
+        start_failed.pop_all()
     runtime = assemble(settings, feeds, stores, publisher, redis)
-    runtime.closers = closers
 
     async def mongo_ok() -> bool:
         return bool((await mongo.admin.command("ping")).get("ok"))

@@ -118,8 +118,7 @@ async def running(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
         await runtime.publisher.close(1.0)
-        for close in reversed(runtime.closers):
-            await close()
+        await runtime.resources.aclose()
 
 
 def token_data(token: Any) -> str:

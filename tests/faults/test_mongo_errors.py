@@ -132,8 +132,7 @@ async def posts_pipeline(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
         await runtime.publisher.close(1.0)
-        for close in reversed(runtime.closers):
-            await close()
+        await runtime.resources.aclose()
         logger.remove(sink)
 
 

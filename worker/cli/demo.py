@@ -37,6 +37,7 @@ from worker.wiring import (
     Runtime,
     Stores,
     assemble,
+    close_later,
     rabbit_publisher,
     redis_client,
 )
@@ -133,7 +134,7 @@ async def run_demo(settings: Settings, workload: Workload, use_services: bool = 
         consumer = None
     runtime = assemble(settings, feeds, stores, publisher, redis)
     if redis is not None:
-        runtime.closers.append(redis.aclose)
+        close_later(runtime.resources, "Redis", redis.aclose)
     runtime.labels = {
         "mongodb": "in-memory stand-in (not MongoDB)",
         "redis": "Redis" if redis is not None else "none (L1 + source only)",

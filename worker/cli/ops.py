@@ -5,22 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
-import redis.asyncio as aioredis
 from pydantic import SecretStr
-from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from enrichment.errors import ConfigError, FanoutError
-from worker import uris
+from worker import uris, wiring
 from worker.failures import cause
 from worker.messaging.topology import verify_topology
-from worker.mongo.stores import MongoCheckpointStore, MongoLeaseStore
 from worker.observe.logs import redact
 from worker.ports import Checkpoint
 from worker.settings import Settings
@@ -35,13 +33,6 @@ class CheckResult:
     config_error: bool = False  # a FAIL the operator fixes in the configuration (exit 2)
 
 
-def _mongo(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
-    m = settings.mongo
-    return AsyncMongoClient(
-        m.uri.get_secret_value(), serverSelectionTimeoutMS=m.server_selection_timeout_ms, tz_aware=True
-    )
-
-
 def _at(parts: uris.Parts, exc: BaseException) -> str:
     return f"{parts.endpoints()}: {cause(exc)}"
 
@@ -49,29 +40,24 @@ def _at(parts: uris.Parts, exc: BaseException) -> str:
 async def check(settings: Settings) -> list[CheckResult]:
     """Reach every service the worker needs; never raises. Details name host:port and the cause."""
     results = [CheckResult("config", True, "valid")]
-    mongo = _mongo(settings)
-    where = uris.validate_mongo(settings.mongo.uri.get_secret_value())
-    try:
-        hello = await mongo.admin.command("hello")
-        if hello.get("setName") or hello.get("msg") == "isdbgrid":
-            results.append(CheckResult("mongodb", True, f"replica set {hello.get('setName', 'mongos')}"))
-        else:
-            results.append(CheckResult("mongodb", False, "not a replica set: change streams need one"))
-    except PyMongoError as exc:
-        results.append(CheckResult("mongodb", False, _at(where, exc)))
-    finally:
-        await mongo.close()
-    where = uris.validate_redis(settings.redis.url.get_secret_value())
-    redis = aioredis.Redis.from_url(
-        settings.redis.url.get_secret_value(), socket_connect_timeout=2, socket_timeout=2
-    )
-    try:
-        await redis.ping()
-        results.append(CheckResult("redis", True, "PONG"))
-    except (RedisError, OSError) as exc:
-        results.append(CheckResult("redis", False, _at(where, exc)))
-    finally:
-        await redis.aclose()
+    async with AsyncExitStack() as stack:
+        mongo = wiring.open_mongo(settings, stack)
+        where = uris.validate_mongo(settings.mongo.uri.get_secret_value())
+        try:
+            hello = await mongo.admin.command("hello")
+            if hello.get("setName") or hello.get("msg") == "isdbgrid":
+                results.append(CheckResult("mongodb", True, f"replica set {hello.get('setName', 'mongos')}"))
+            else:
+                results.append(CheckResult("mongodb", False, "not a replica set: change streams need one"))
+        except PyMongoError as exc:
+            results.append(CheckResult("mongodb", False, _at(where, exc)))
+        redis = wiring.open_redis(settings, stack)
+        where = uris.validate_redis(settings.redis.url.get_secret_value())
+        try:
+            await redis.ping()
+            results.append(CheckResult("redis", True, "PONG"))
+        except (RedisError, OSError) as exc:
+            results.append(CheckResult("redis", False, _at(where, exc)))
     results.append(await _check_rabbitmq(settings))
     return results
 
@@ -100,20 +86,9 @@ def format_table(rows: Sequence[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
 
 
-def _stores(
-    settings: Settings, mongo: AsyncMongoClient[dict[str, Any]]
-) -> tuple[MongoCheckpointStore, MongoLeaseStore]:
-    db = mongo[settings.mongo.database]
-    return (
-        MongoCheckpointStore(db[settings.mongo.checkpoints], db[settings.mongo.gaps]),
-        MongoLeaseStore(db[settings.mongo.leases], settings.leader.name),
-    )
-
-
 async def show_checkpoints(settings: Settings) -> str:
-    mongo = _mongo(settings)
-    try:
-        checkpoints, leases = _stores(settings, mongo)
+    async with AsyncExitStack() as stack:
+        checkpoints, leases = wiring.checkpoint_stores(settings, wiring.open_mongo(settings, stack))
         now = datetime.now(UTC)
         rows = [("stream", "saved at", "age", "last event at", "epoch", "position")]
         for stream in STREAMS:
@@ -142,17 +117,14 @@ async def show_checkpoints(settings: Settings) -> str:
         for gap in await checkpoints.gaps():
             lines.append(f"gap: {gap.stream} from {gap.start} to {gap.end} ({gap.reason})")
         return "\n".join(lines)
-    finally:
-        await mongo.close()
 
 
 async def reset_checkpoint(settings: Settings, stream: str, to: datetime, force: bool) -> str:
     """Point ``stream`` at ``to`` (an operator's answer to history loss). Events before are skipped."""
     if stream not in (*STREAMS, "all"):
         raise ConfigError(f"unknown stream {stream!r}: choose posts, profiles or all")
-    mongo = _mongo(settings)
-    try:
-        checkpoints, leases = _stores(settings, mongo)
+    async with AsyncExitStack() as stack:
+        checkpoints, leases = wiring.checkpoint_stores(settings, wiring.open_mongo(settings, stack))
         lease = await leases.current()
         if lease is not None and lease.expires_at > datetime.now(UTC) and not force:
             raise FanoutError(
@@ -167,8 +139,6 @@ async def reset_checkpoint(settings: Settings, stream: str, to: datetime, force:
             await checkpoints.save(Checkpoint(name, None, None, datetime.now(UTC), epoch, start_at=to))
             done.append(name)
         return f"reset {', '.join(done)} to start at {to.isoformat()}"
-    finally:
-        await mongo.close()
 
 
 def effective_config(settings: Settings) -> str:
