@@ -21,6 +21,7 @@ from loguru import logger
 
 from bench.graph import profile
 from worker.memory.db import MemoryDatabase
+from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,
@@ -28,7 +29,6 @@ from worker.memory.stores import (
     MemoryPostStore,
     MemoryProfileSource,
 )
-from worker.messaging.publisher import MemoryPublisher
 from worker.settings import Settings
 from worker.wiring import Stores, assemble, redis_client
 

@@ -15,9 +15,9 @@ from loguru import logger
 
 from enrichment.errors import ServiceUnavailable
 from enrichment.memory import MemoryLayer
+from enrichment.ports import ProfileSource
 from enrichment.redis_layer import KEPT_OTHER, WRITTEN, RedisLayer
 from enrichment.snapshot import MISSING_VERSION, AuthorSnapshot
-from enrichment.source import ProfileSource
 
 
 @dataclass(slots=True)

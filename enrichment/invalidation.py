@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Sequence
 
 import orjson
 import redis.asyncio as aioredis
@@ -18,23 +17,7 @@ from loguru import logger
 from redis.exceptions import RedisError
 
 from enrichment.backoff import Backoff
-
-OnInvalidate = Callable[[str, int], None]
-OnGap = Callable[[], None]
-
-
-class InvalidationBus(Protocol):
-    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> bool:
-        """Tell every other replica that each ``user_id`` changed to ``version``, in one round trip.
-
-        False if they could not be told: the caller retries, or replicas may serve the old snapshot
-        from L1 until its TTL.
-        """
-        ...
-
-    async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
-        """Deliver other replicas' invalidations until cancelled."""
-        ...
+from enrichment.ports import OnGap, OnInvalidate
 
 
 def _decode(data: bytes | str, own_origin: str) -> tuple[str, int] | None:
@@ -115,30 +98,3 @@ class RedisInvalidationBus:
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-class LocalInvalidationBus:
-    """In-memory stand-in: replicas in one process (the demo and unit tests) share one hub."""
-
-    def __init__(self, hub: list[LocalInvalidationBus] | None = None) -> None:
-        self._hub = hub if hub is not None else []
-        self._hub.append(self)
-        self._queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue(maxsize=10_000)
-        self.published = 0
-
-    async def publish_many(self, changes: Sequence[tuple[str, int]]) -> bool:
-        self.published += len(changes)
-        told = True
-        for peer in self._hub:
-            for change in changes:
-                if peer is self:
-                    continue
-                if peer._queue.full():
-                    told = False
-                else:
-                    peer._queue.put_nowait(change)
-        return told
-
-    async def run(self, on_invalidate: OnInvalidate, on_gap: OnGap) -> None:
-        while True:
-            on_invalidate(*await self._queue.get())

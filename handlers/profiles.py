@@ -12,7 +12,7 @@ from loguru import logger
 
 from enrichment.cache import LayeredCache
 from enrichment.errors import ServiceUnavailable
-from enrichment.invalidation import InvalidationBus
+from enrichment.ports import InvalidationBus
 from enrichment.snapshot import AuthorSnapshot
 from handlers.events import ChangeEvent, ProfileDeleted, parse_profile_change
 from handlers.ports import OutgoingMessage, PostStore, Publisher, Report, collect

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Protocol
 
 from handlers.events import ChangeEvent, Token
-from handlers.ports import Report
+from handlers.ports import Publisher, Report
 
 
 class ChangeCursor(Protocol):
@@ -101,3 +101,28 @@ class EventHandler(Protocol):
     async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
         """Handle a batch; call ``report(i, None | error)`` once per event as soon as it is done."""
         ...
+
+
+@dataclass(slots=True)
+class PublishStats:
+    sent: int = 0
+    confirmed: int = 0
+    returned: int = 0
+    nacked: int = 0
+    retried: int = 0
+    reconnects: int = 0
+    blocked_pauses: int = 0  # connection.blocked episodes (one per block, however many publishes wait)
+    blocked_seconds: float = 0.0  # time spent blocked, counted while it lasts
+
+
+class ManagedPublisher(Publisher, Protocol):
+    """The publisher the daemon owns: handlers' ``Publisher`` plus its lifecycle and counters."""
+
+    stats: PublishStats
+
+    @property
+    def in_flight(self) -> int: ...
+
+    async def connect(self) -> None: ...
+
+    async def close(self, drain_seconds: float = 0.0) -> None: ...

@@ -8,7 +8,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
@@ -18,16 +18,17 @@ from redis.exceptions import RedisError
 from enrichment.breaker import CircuitBreaker
 from enrichment.cache import LayeredCache
 from enrichment.errors import ServiceUnavailable
-from enrichment.invalidation import InvalidationBus, LocalInvalidationBus, RedisInvalidationBus
+from enrichment.invalidation import RedisInvalidationBus
 from enrichment.memory import MemoryLayer
+from enrichment.ports import InvalidationBus, ProfileSource
 from enrichment.redis_layer import RedisLayer
-from enrichment.source import ProfileSource
-from handlers.ports import DeadLetters, FollowerGraph, PostStore, Publisher
+from handlers.ports import DeadLetters, FollowerGraph, PostStore
 from handlers.posts import PostCreatedHandler
 from handlers.profiles import ProfileChangedHandler
 from worker import uris
 from worker.failures import cause
-from worker.messaging.publisher import PublishStats, RabbitPublisher
+from worker.memory.bus import LocalInvalidationBus
+from worker.messaging.publisher import RabbitPublisher
 from worker.messaging.topology import ensure_topology
 from worker.mongo.feed import MongoChangeFeed
 from worker.mongo.stores import (
@@ -38,21 +39,10 @@ from worker.mongo.stores import (
     MongoPostStore,
     MongoProfileSource,
 )
-from worker.ports import ChangeFeed, CheckpointStore, LeaseStore
+from worker.ports import ChangeFeed, CheckpointStore, LeaseStore, ManagedPublisher
 from worker.settings import Settings
 from worker.shutdown import bounded
 from worker.streams import STREAMS
-
-
-class ManagedPublisher(Publisher, Protocol):
-    stats: PublishStats
-
-    @property
-    def in_flight(self) -> int: ...
-
-    async def connect(self) -> None: ...
-
-    async def close(self, drain_seconds: float = 0.0) -> None: ...
 
 
 @dataclass

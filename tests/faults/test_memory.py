@@ -12,8 +12,8 @@ from enrichment.memory import MemoryLayer
 from handlers.events import NewPost
 from handlers.posts import PostCreatedHandler
 from worker.memory.db import MemoryDatabase
+from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryFollowerGraph, MemoryPostStore, MemoryProfileSource
-from worker.messaging.publisher import MemoryPublisher
 
 BOUND = 8 * 1024 * 1024  # bytes of growth allowed during one fan-out, whatever the follower count
 

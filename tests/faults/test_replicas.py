@@ -11,8 +11,8 @@ import pytest
 from enrichment.errors import ServiceUnavailable
 from tests.harness import World, settings, wait_for
 from worker.daemon import Worker
+from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryLeaseStore
-from worker.messaging.publisher import MemoryPublisher
 from worker.ports import Lease
 from worker.settings import LeaderSettings
 from worker.tailer.leader import Leadership

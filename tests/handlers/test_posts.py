@@ -18,8 +18,8 @@ from handlers.events import ChangeEvent, NewPost
 from handlers.ports import OutgoingMessage
 from handlers.posts import PostCreatedHandler, PostEncoder
 from worker.memory.db import MemoryDatabase
+from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryFollowerGraph, MemoryPostStore, MemoryProfileSource
-from worker.messaging.publisher import MemoryPublisher
 from worker.mongo.stores import MongoFollowerGraph
 
 CHUNK = 3

@@ -10,14 +10,14 @@ from loguru import logger
 
 from enrichment.cache import LayeredCache
 from enrichment.errors import ServiceUnavailable
-from enrichment.invalidation import LocalInvalidationBus
 from enrichment.memory import MemoryLayer
 from enrichment.snapshot import AuthorSnapshot
 from handlers.events import ChangeEvent
 from handlers.profiles import ProfileChangedHandler
+from worker.memory.bus import LocalInvalidationBus
 from worker.memory.db import MemoryDatabase
+from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryProfileSource
-from worker.messaging.publisher import MemoryPublisher
 
 
 class SlowPostStore:

@@ -9,16 +9,16 @@ from loguru import logger
 
 from enrichment.breaker import CircuitBreaker
 from enrichment.cache import LayeredCache
-from enrichment.invalidation import LocalInvalidationBus
 from enrichment.memory import MemoryLayer
 from enrichment.redis_layer import RedisLayer
 from enrichment.snapshot import AuthorSnapshot, decode_cached
 from handlers.events import ChangeEvent
 from handlers.profiles import ProfileChangedHandler
 from tests.harness import Collector, World, settings, start, wait_for
+from worker.memory.bus import LocalInvalidationBus
 from worker.memory.db import MemoryDatabase
+from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryPostStore, MemoryProfileSource
-from worker.messaging.publisher import MemoryPublisher
 
 
 def profile_event(doc: dict, seq: int) -> ChangeEvent:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.harness import World, settings, start, wait_for
-from worker.messaging.publisher import MemoryPublisher
+from worker.memory.publisher import MemoryPublisher
 from worker.ports import Checkpoint
 from worker.shutdown import EXIT_SHUTDOWN_STUCK, bounded
 

@@ -23,6 +23,7 @@ from enrichment.errors import ServiceUnavailable
 from worker.daemon import Worker
 from worker.memory.db import MemoryDatabase
 from worker.memory.feed import memory_feeds
+from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,
@@ -30,10 +31,9 @@ from worker.memory.stores import (
     MemoryPostStore,
     MemoryProfileSource,
 )
-from worker.messaging.publisher import MemoryPublisher
+from worker.ports import ManagedPublisher
 from worker.settings import Settings
 from worker.wiring import (
-    ManagedPublisher,
     Runtime,
     Stores,
     assemble,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
@@ -25,21 +24,10 @@ from handlers.ports import OutgoingMessage
 from worker import uris
 from worker.failures import cause
 from worker.messaging.topology import guard
+from worker.ports import PublishStats
 from worker.shutdown import SETTLE_SECONDS, raise_if_cancelling, settle
 
 CLOSE_SECONDS = 1.0  # closing the connection at shutdown: a dead broker does not answer
-
-
-@dataclass(slots=True)
-class PublishStats:
-    sent: int = 0
-    confirmed: int = 0
-    returned: int = 0
-    nacked: int = 0
-    retried: int = 0
-    reconnects: int = 0
-    blocked_pauses: int = 0  # connection.blocked episodes (one per block, however many publishes wait)
-    blocked_seconds: float = 0.0  # time spent blocked, counted while it lasts
 
 
 class RabbitPublisher:
@@ -255,33 +243,3 @@ def connection_blocked(connection: object) -> bool:
     """
     event = getattr(connection, "_Connection__connection_unblocked", None)
     return isinstance(event, asyncio.Event) and not event.is_set()
-
-
-class MemoryPublisher:
-    """In-memory stand-in for RabbitMQ (demo, benchmarks, unit tests): confirms at once.
-
-    With ``keep=False`` it only counts, so a huge fan-out does not grow its memory.
-    """
-
-    def __init__(self, window: int = 256, keep: bool = True) -> None:
-        self._slots = asyncio.Semaphore(window)
-        self._keep = keep
-        self.messages: list[OutgoingMessage] = []
-        self.stats = PublishStats()
-        self.in_flight = 0
-
-    async def connect(self) -> None:
-        return None
-
-    async def send(self, message: OutgoingMessage) -> asyncio.Future[None]:
-        async with self._slots:
-            if self._keep:
-                self.messages.append(message)
-            self.stats.sent += 1
-            self.stats.confirmed += 1
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
-
-    async def close(self, drain_seconds: float = 0.0) -> None:
-        return None

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from enrichment.cache import CacheStats
 from handlers.posts import PostStats
 from handlers.profiles import ProfileStats
-from worker.messaging.publisher import PublishStats
 from worker.observe.health import HealthServer, stale_parts, status_line, worker_alive
 from worker.observe.metrics import CONTENT_TYPE, WorkerCollector, build_registry, render
+from worker.ports import PublishStats
 from worker.tailer.eventlog import StreamStats
 
 WALL = 1_750_000_000.0

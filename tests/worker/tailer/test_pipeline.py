@@ -7,7 +7,7 @@ import asyncio
 from handlers.ports import OutgoingMessage
 from tests.harness import World, settings, start, wait_for
 from worker.memory.db import token_seq
-from worker.messaging.publisher import MemoryPublisher
+from worker.memory.publisher import MemoryPublisher
 
 
 class GatedPublisher(MemoryPublisher):
