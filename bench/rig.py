@@ -31,9 +31,8 @@ from worker.memory.stores import (
     MemoryProfileSource,
 )
 from worker.settings import Settings
+from worker.streams import POSTS, PROFILES
 from worker.wiring import (
-    POSTS_STREAM,
-    PROFILES_STREAM,
     Runtime,
     Stores,
     assemble,
@@ -199,11 +198,11 @@ class Rig:
     async def wait_handled(self, posts: int, edits: int, limit: float = 600.0) -> None:
         """Until the worker has finished ``posts`` post events and ``edits`` profile events."""
         deadline = time.monotonic() + limit
-        while self.handled(POSTS_STREAM) < posts or self.handled(PROFILES_STREAM) < edits:
+        while self.handled(POSTS.name) < posts or self.handled(PROFILES.name) < edits:
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"worker finished {self.handled(POSTS_STREAM)}/{posts} posts and "
-                    f"{self.handled(PROFILES_STREAM)}/{edits} edits in {limit:.0f}s"
+                    f"worker finished {self.handled(POSTS.name)}/{posts} posts and "
+                    f"{self.handled(PROFILES.name)}/{edits} edits in {limit:.0f}s"
                 )
             assert self._task is not None
             if self._task.done():
