@@ -21,7 +21,6 @@ from enrichment.backoff import Backoff, wait_event
 from enrichment.errors import (
     Deposed,
     EventTooLarge,
-    PermanentError,
     ServiceUnavailable,
     StreamFatal,
     TransientError,
@@ -29,6 +28,7 @@ from enrichment.errors import (
 from handlers.events import ChangeEvent, Token
 from handlers.ports import DeadLetters
 from worker.ports import ChangeFeed, Checkpoint, CheckpointStore, EventHandler, Gap
+from worker.retry import Verdict, decide
 from worker.settings import PipelineSettings
 from worker.shutdown import SETTLE_SECONDS, bounded, raise_if_cancelling, settle, until_stopped
 from worker.tailer.eventlog import StreamStats, event_logger
@@ -346,22 +346,19 @@ class StreamPipeline:
             retry: list[_Item] = []
             for i, error in sorted(failed.items()):
                 item = pending[i]
-                # A dependency that is away (MongoDB, Redis) is waited out, never charged to the
-                # event: dead-lettering healthy events during an outage would skip them for good.
-                waiting_out = isinstance(error, ServiceUnavailable)
-                if isinstance(error, PermanentError):
-                    await self._dead_letter(item, f"{type(error).__name__}: {error}")
-                elif attempt >= self._cfg.max_attempts and not waiting_out:
-                    await self._dead_letter(
-                        item, f"gave up after {attempt} attempts: {type(error).__name__}: {error}"
-                    )
+                decision = decide(error, attempt, self._cfg.max_attempts)
+                if decision.verdict is Verdict.FATAL:
+                    # A handler raising a stream-level error is a bug in it: an ordinary failure.
+                    decision = decide(RuntimeError(decision.reason), attempt, self._cfg.max_attempts)
+                if decision.verdict is Verdict.DEAD_LETTER:
+                    await self._dead_letter(item, decision.reason)
                 else:
+                    waiting_out = decision.verdict is Verdict.WAIT_OUT
                     event_logger(item[1]).log(
                         "DEBUG" if waiting_out else "WARNING",
-                        "event failed (attempt {}): {}: {}",
+                        "event failed (attempt {}): {}",
                         attempt,
-                        type(error).__name__,
-                        error,
+                        decision.reason,
                     )
                     retry.append(item)
             if retry:
