@@ -7,17 +7,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import orjson
 from loguru import logger
 
 from enrichment.cache import LayeredCache
 from enrichment.errors import ServiceUnavailable
 from enrichment.ports import InvalidationBus
 from enrichment.snapshot import AuthorSnapshot
+from handlers.contract import profile_message
 from handlers.events import ChangeEvent, ProfileDeleted, parse_profile_change
-from handlers.ports import OutgoingMessage, PostStore, Publisher, Report, collect
-
-ROUTING_KEY = "profile.updated"
+from handlers.ports import PostStore, Publisher, Report, collect
 
 
 @dataclass(slots=True)
@@ -29,16 +27,6 @@ class ProfileStats:
     deleted: int = 0  # profiles tombstoned in every cache layer
     stale: int = 0  # older than a version already seen: not announced (a replayed replace, a reorder)
     unbumped: int = 0  # display fields changed without a version bump (the app broke the contract)
-
-
-def profile_message(snapshot: AuthorSnapshot) -> OutgoingMessage:
-    body = {"schema": 1, "type": ROUTING_KEY, "user": snapshot.to_dict()}
-    return OutgoingMessage(
-        routing_key=ROUTING_KEY,
-        message_id=f"profile:{snapshot.user_id}:v:{snapshot.version}",
-        correlation_id=snapshot.user_id,
-        body=orjson.dumps(body),
-    )
 
 
 class ProfileChangedHandler:

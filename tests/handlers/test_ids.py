@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Timestamp
 
+from handlers.contract import PostEncoder
 from handlers.events import NewPost
 from handlers.ids import decode_post_id, encode_post_id
-from handlers.posts import PostEncoder
 
 OID = ObjectId("65f0a1b2c3d4e5f6a7b8c9d0")
 

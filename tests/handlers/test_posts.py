@@ -14,9 +14,10 @@ from enrichment.cache import LayeredCache
 from enrichment.errors import InvalidEvent, PublishFailed, ServiceUnavailable
 from enrichment.memory import MemoryLayer
 from enrichment.snapshot import AuthorSnapshot
+from handlers.contract import PostEncoder
 from handlers.events import ChangeEvent, NewPost
 from handlers.ports import OutgoingMessage
-from handlers.posts import PostCreatedHandler, PostEncoder
+from handlers.posts import PostCreatedHandler
 from worker.memory.db import MemoryDatabase
 from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryFollowerGraph, MemoryPostStore, MemoryProfileSource
