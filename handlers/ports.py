@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -63,12 +63,3 @@ class DeadLetters(Protocol):
     async def put(self, stream: str, token: Any, raw: Any, error: str) -> None:
         """Durably keep an event that cannot be handled, with the reason."""
         ...
-
-
-async def collect(
-    process: Callable[[Sequence[Any], Report], Awaitable[None]], items: Sequence[Any]
-) -> list[BaseException | None]:
-    """Run a reporting ``process`` and return its results in input order."""
-    results: list[BaseException | None] = [None] * len(items)
-    await process(items, results.__setitem__)
-    return results

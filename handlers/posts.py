@@ -15,7 +15,7 @@ from enrichment.snapshot import AuthorSnapshot
 from handlers.chunks import send_chunks
 from handlers.contract import PostEncoder
 from handlers.events import ChangeEvent, NewPost, parse_new_post
-from handlers.ports import FollowerGraph, PostStore, Publisher, Report, collect
+from handlers.ports import FollowerGraph, PostStore, Publisher, Report
 
 
 @dataclass(slots=True)
@@ -67,10 +67,6 @@ class PostCreatedHandler:
                 report(i, exc)
         if valid:
             await self.handle_batch(valid, lambda j, error: report(positions[j], error))
-
-    async def handle_events(self, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
-        """``process`` with the results collected in order."""
-        return await collect(self.process, events)
 
     async def handle_batch(self, batch: Sequence[NewPost], report: Report) -> None:
         """Handle posts that arrived together. A post is done only when every chunk is confirmed

@@ -15,7 +15,7 @@ from enrichment.ports import InvalidationBus
 from enrichment.snapshot import AuthorSnapshot
 from handlers.contract import profile_message
 from handlers.events import ChangeEvent, ProfileDeleted, parse_profile_change
-from handlers.ports import PostStore, Publisher, Report, collect
+from handlers.ports import PostStore, Publisher, Report
 
 
 @dataclass(slots=True)
@@ -103,10 +103,6 @@ class ProfileChangedHandler:
             return exc
         self.stats.deleted += len(versions)
         return None
-
-    async def handle_events(self, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
-        """``process`` with the results collected in order."""
-        return await collect(self.process, events)
 
     async def _retry_publish(self, changes: list[tuple[str, int]]) -> bool:
         await asyncio.sleep(0.1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,7 @@ import aio_pika
 import orjson
 import redis.asyncio as aioredis
 
+from handlers.events import ChangeEvent
 from worker.daemon import Worker
 from worker.memory.db import MemoryDatabase
 from worker.memory.feed import memory_feeds
@@ -23,7 +24,7 @@ from worker.memory.stores import (
     MemoryProfileSource,
 )
 from worker.messaging.publisher import RabbitPublisher
-from worker.ports import ChangeFeed
+from worker.ports import ChangeFeed, EventHandler
 from worker.settings import Settings
 from worker.wiring import Runtime, Stores, assemble
 
@@ -170,3 +171,10 @@ class Collector:
         channel = await self._connection.channel()
         await channel.exchange_delete(self._exchange)
         await self._connection.close()
+
+
+async def handle_events(handler: EventHandler, events: Sequence[ChangeEvent]) -> list[BaseException | None]:
+    """Run a handler's reporting ``process`` once and return each event's result in input order."""
+    results: list[BaseException | None] = [None] * len(events)
+    await handler.process(events, results.__setitem__)
+    return results

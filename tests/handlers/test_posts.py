@@ -18,6 +18,7 @@ from handlers.contract import PostEncoder
 from handlers.events import ChangeEvent, NewPost
 from handlers.ports import OutgoingMessage
 from handlers.posts import PostCreatedHandler
+from tests.harness import handle_events
 from worker.memory.db import MemoryDatabase
 from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryFollowerGraph, MemoryPostStore, MemoryProfileSource
@@ -81,7 +82,7 @@ async def test_followers_are_chunked_with_exactly_one_last_chunk(
     s.graph.set_followers("alice", list(fans))
     ev = s.post("p1", "alice")
     # When the post is handled
-    results = await s.handler.handle_events([ev])
+    results = await handle_events(s.handler, [ev])
     # Then it succeeded with ceil(N / 3) messages, indexed 0..n-1, only the final one last
     assert results == [None]
     sent = bodies(s.publisher.messages)
@@ -118,7 +119,7 @@ async def test_message_ids_and_correlation_ids_are_deterministic() -> None:
     s = Setup()
     s.add_user("alice")
     s.graph.set_followers("alice", [f"f{i}" for i in range(5)])
-    await s.handler.handle_events([s.post("p42", "alice")])
+    await handle_events(s.handler, [s.post("p42", "alice")])
     assert [m.message_id for m in s.publisher.messages] == ["post:p42:chunk:0", "post:p42:chunk:1"]
     assert {m.correlation_id for m in s.publisher.messages} == {"p42"}
     assert {m.routing_key for m in s.publisher.messages} == {"post.created"}
@@ -128,7 +129,7 @@ async def test_the_message_carries_the_post_and_the_author_snapshot() -> None:
     s = Setup()
     s.add_user("alice", version=4)
     s.graph.set_followers("alice", ["bob"])
-    await s.handler.handle_events([s.post("p1", "alice", text="hello world")])
+    await handle_events(s.handler, [s.post("p1", "alice", text="hello world")])
     (body,) = bodies(s.publisher.messages)
     assert body["schema"] == 1
     assert body["type"] == "post.created"
@@ -155,7 +156,7 @@ async def test_the_author_is_never_a_recipient_even_when_following_themself(othe
     fans = sorted(f"a{i}" if i % 2 else f"z{i}" for i in range(others))
     s.graph.set_followers("m", [*fans, "m"])  # sorted in: "m" lands between the a* and z* followers
     # When the author posts
-    results = await s.handler.handle_events([s.post("p1", "m")])
+    results = await handle_events(s.handler, [s.post("p1", "m")])
     # Then the author receives nothing, and no empty or extra chunk is sent for them
     assert results == [None]
     sent = bodies(s.publisher.messages)
@@ -194,7 +195,7 @@ async def test_each_recipient_once_and_never_the_author_whatever_the_follows_hol
     s = Setup(graph=await make_graph(EDGES, page))
     s.add_user("m")
     # When the author posts
-    results = await s.handler.handle_events([s.post("p1", "m")])
+    results = await handle_events(s.handler, [s.post("p1", "m")])
     # Then every follower receives it exactly once, the author never, in full chunks
     assert results == [None]
     sent = bodies(s.publisher.messages)
@@ -208,14 +209,14 @@ async def test_each_recipient_once_and_never_the_author_whatever_the_follows_hol
 async def test_followers_that_are_only_the_author_and_repeats_of_them_send_nothing() -> None:
     s = Setup(graph=await _memory_graph(["m", "m", "m"], 1))
     s.add_user("m")
-    assert await s.handler.handle_events([s.post("p1", "m")]) == [None]
+    assert await handle_events(s.handler, [s.post("p1", "m")]) == [None]
     assert s.publisher.messages == []
 
 
 async def test_zero_followers_sends_nothing_but_the_post_is_handled() -> None:
     s = Setup()
     s.add_user("alice")
-    results = await s.handler.handle_events([s.post("p1", "alice")])
+    results = await handle_events(s.handler, [s.post("p1", "alice")])
     assert results == [None]
     assert s.publisher.messages == []
     assert s.handler.stats.posts == 1
@@ -227,11 +228,11 @@ async def test_a_replay_produces_identical_messages() -> None:
     s.add_user("alice")
     s.graph.set_followers("alice", [f"f{i}" for i in range(8)])
     ev = s.post("p1", "alice")
-    await s.handler.handle_events([ev])
+    await handle_events(s.handler, [ev])
     first = list(s.publisher.messages)
     # When the same event is handled again (a replay after a crash)
     s.publisher.messages.clear()
-    assert await s.handler.handle_events([ev]) == [None]
+    assert await handle_events(s.handler, [ev]) == [None]
     # Then the same ids and byte-identical bodies are sent, so consumers can de-duplicate
     assert len(first) == 3
     assert [(m.message_id, m.correlation_id, m.body) for m in s.publisher.messages] == [
@@ -254,7 +255,7 @@ async def test_invalid_events_fail_alone_and_valid_ones_in_the_batch_succeed() -
         raw_event(_id="bad3", author_id="alice", text="x" * 1_001),
     ]
     # When the batch is handled
-    results = await s.handler.handle_events(batch)
+    results = await handle_events(s.handler, batch)
     # Then each invalid event gets an InvalidEvent at its own position and the valid ones succeed
     assert results[0] is None
     assert isinstance(results[1], InvalidEvent)
@@ -272,7 +273,7 @@ async def test_a_missing_author_profile_still_fans_out_with_a_null_author() -> N
     s = Setup()
     s.graph.set_followers("ghost", ["a", "b", "c", "d"])
     # When it is handled
-    results = await s.handler.handle_events([s.post("p1", "ghost")])
+    results = await handle_events(s.handler, [s.post("p1", "ghost")])
     # Then it is delivered to every follower with "author": null
     assert results == [None]
     sent = bodies(s.publisher.messages)
@@ -314,7 +315,7 @@ async def test_an_unconfirmed_chunk_fails_its_post_only() -> None:
     s.graph.set_followers("alice", [f"f{i:02d}" for i in range(30)])
     s.graph.set_followers("bob", ["x"])
     # When p1 and p2 are handled together
-    results = await s.handler.handle_events([s.post("p1", "alice"), s.post("p2", "bob")])
+    results = await handle_events(s.handler, [s.post("p1", "alice"), s.post("p2", "bob")])
     # Then p1 fails with the publish error (to be retried whole) and p2 succeeds
     assert isinstance(results[0], PublishFailed)
     assert results[1] is None
@@ -335,7 +336,7 @@ async def test_a_failed_author_lookup_fails_every_valid_post_of_the_batch() -> N
     s.cache = LayeredCache(MemoryLayer(100, 60.0, 10.0), None, DownSource())  # type: ignore[arg-type]
     handler = PostCreatedHandler(s.cache, s.posts, s.graph, s.publisher, chunk_size=CHUNK)
     s.graph.set_followers("alice", ["x"])
-    results = await handler.handle_events([s.post("p1", "alice"), raw_event(_id="bad"), s.post("p2", "bob")])
+    results = await handle_events(handler, [s.post("p1", "alice"), raw_event(_id="bad"), s.post("p2", "bob")])
     assert isinstance(results[0], ServiceUnavailable)
     assert isinstance(results[1], InvalidEvent)
     assert isinstance(results[2], ServiceUnavailable)

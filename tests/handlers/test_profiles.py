@@ -14,6 +14,7 @@ from enrichment.memory import MemoryLayer
 from enrichment.snapshot import AuthorSnapshot
 from handlers.events import ChangeEvent
 from handlers.profiles import ProfileChangedHandler
+from tests.harness import handle_events
 from worker.memory.bus import LocalInvalidationBus
 from worker.memory.db import MemoryDatabase
 from worker.memory.publisher import MemoryPublisher
@@ -61,7 +62,7 @@ async def test_a_storm_rewrites_at_most_rewrite_concurrency_authors_at_once_and_
     handler = ProfileChangedHandler(cache, bus, store, publisher, rewrite_concurrency=4)
     events = [replace_event(f"u{i:02d}", i + 1) for i in range(50)]
     # When the batch is handled
-    results = await handler.handle_events(events)
+    results = await handle_events(handler, events)
     # Then every change cascaded, never more than 4 rewrites in flight
     assert results == [None] * 50
     assert store.most_at_once == 4
@@ -89,7 +90,7 @@ async def test_changes_other_replicas_were_not_told_of_are_retried_after_the_res
     publisher = MemoryPublisher()
     handler = ProfileChangedHandler(cache, DeafBus(), store, publisher)
     # When two changes are handled
-    results = await handler.handle_events([replace_event("a", 1), replace_event("b", 2)])
+    results = await handle_events(handler, [replace_event("a", 1), replace_event("b", 2)])
     # Then both fail as a dependency being away (retried, never dead-lettered)
     assert all(isinstance(r, ServiceUnavailable) for r in results)
     # after their posts were rewritten and profile.updated published (a retry repeats them, idempotently)
@@ -124,12 +125,12 @@ def announced(publisher: MemoryPublisher) -> list[str]:
 async def test_a_lower_version_replace_after_a_higher_one_is_not_announced() -> None:
     # Given v8 of a profile announced
     handler, publisher = memory_handler()
-    assert await handler.handle_events([profile_event("a", 2, 8, "Eight")]) == [None]
+    assert await handle_events(handler, [profile_event("a", 2, 8, "Eight")]) == [None]
     # When an older replace (v7) is handled after it (a replay, a reorder)
     records: list[str] = []
     sink = logger.add(lambda m: records.append(m.record["message"]), level="INFO")
     try:
-        results = await handler.handle_events([profile_event("a", 1, 7, "Seven")])
+        results = await handle_events(handler, [profile_event("a", 1, 7, "Seven")])
     finally:
         logger.remove(sink)
     # Then it is done without announcing v7, and it is counted and logged
@@ -148,7 +149,7 @@ async def test_a_batch_announces_only_each_users_newest_version() -> None:
         profile_event("b", 3, 3, "B"),
     ]
     # When it is handled
-    results = await handler.handle_events(events)
+    results = await handle_events(handler, events)
     # Then every event is done, and v7 is never announced (not before v8, not after it)
     assert results == [None, None, None]
     assert sorted(announced(publisher)) == ["profile:a:v:8", "profile:b:v:3"]
@@ -160,8 +161,8 @@ async def test_a_display_change_without_a_version_bump_in_one_batch_is_counted_a
     warnings: list[str] = []
     sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
     try:
-        results = await handler.handle_events(
-            [profile_event("a", 1, 4, "Old"), profile_event("a", 2, 4, "New")]
+        results = await handle_events(
+            handler, [profile_event("a", 1, 4, "Old"), profile_event("a", 2, 4, "New")]
         )
     finally:
         logger.remove(sink)
@@ -205,7 +206,7 @@ async def test_a_deleted_profile_leaves_every_replicas_l1_at_once_and_stale_fill
     try:
         # When the profile is deleted and the delete event handled on the first replica
         db.delete("profiles", "a")
-        assert await handler.handle_events([delete_event("a", 1)]) == [None]
+        assert await handle_events(handler, [delete_event("a", 1)]) == [None]
         await asyncio.sleep(0)
         # Then both replicas answer "no such user", without waiting for a TTL
         assert await caches[0].get_many(["a"]) == {"a": None}
@@ -226,11 +227,11 @@ async def test_a_profile_re_created_with_a_newer_version_replaces_the_tombstone(
     handler = ProfileChangedHandler(cache, LocalInvalidationBus(), SlowPostStore(), publisher)
     await cache.get_many(["a"])
     db.delete("profiles", "a")
-    assert await handler.handle_events([delete_event("a", 1)]) == [None]
+    assert await handle_events(handler, [delete_event("a", 1)]) == [None]
     # When it is re-created at v4 (the version keeps growing, as the contract asks)
     db.insert("profiles", profile_doc("a", 4))
     _, raw = db.log()[-1]
-    assert await handler.handle_events([ChangeEvent.from_raw("profiles", raw)]) == [None]
+    assert await handle_events(handler, [ChangeEvent.from_raw("profiles", raw)]) == [None]
     # Then it is served and announced again
     got = (await cache.get_many(["a"]))["a"]
     assert got is not None and got.version == 4
@@ -245,7 +246,7 @@ async def test_a_replayed_delete_of_a_profile_that_exists_again_changes_nothing(
     handler = ProfileChangedHandler(cache, LocalInvalidationBus(), SlowPostStore(), MemoryPublisher())
     await cache.get_many(["a"])
     # When the old delete event is replayed
-    assert await handler.handle_events([delete_event("a", 1)]) == [None]
+    assert await handle_events(handler, [delete_event("a", 1)]) == [None]
     # Then the profile is still served
     got = (await cache.get_many(["a"]))["a"]
     assert got is not None and got.version == 5
@@ -258,7 +259,7 @@ async def test_a_change_then_a_delete_in_one_batch_ends_deleted() -> None:
     handler = ProfileChangedHandler(cache, LocalInvalidationBus(), SlowPostStore(), MemoryPublisher())
     # Given one batch holding a change of "a" and then its delete (the profile is gone from MongoDB)
     events = [profile_event("a", 1, 2, "Two"), delete_event("a", 2)]
-    assert await handler.handle_events(events) == [None, None]
+    assert await handle_events(handler, events) == [None, None]
     assert await cache.get_many(["a"]) == {"a": None}
     assert cache.l1.put("a", AuthorSnapshot("a", "a", "Two", None, 2)) is False
 
@@ -268,7 +269,7 @@ async def test_a_burst_read_at_its_newest_version_is_announced_once_and_is_not_s
     handler, publisher = memory_handler()
     events = [profile_event("a", n, 5, "Five", op="update") for n in (1, 2, 3)]
     # When they are handled in one batch
-    assert await handler.handle_events(events) == [None, None, None]
+    assert await handle_events(handler, events) == [None, None, None]
     # Then v5 is announced once, and nothing is counted as stale or unbumped
     assert announced(publisher) == ["profile:a:v:5"]
     assert (handler.stats.stale, handler.stats.unbumped) == (0, 0)

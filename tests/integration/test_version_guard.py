@@ -14,7 +14,7 @@ from enrichment.redis_layer import RedisLayer
 from enrichment.snapshot import AuthorSnapshot, decode_cached
 from handlers.events import ChangeEvent
 from handlers.profiles import ProfileChangedHandler
-from tests.harness import Collector, World, settings, start, wait_for
+from tests.harness import Collector, World, handle_events, settings, start, wait_for
 from worker.memory.bus import LocalInvalidationBus
 from worker.memory.db import MemoryDatabase
 from worker.memory.publisher import MemoryPublisher
@@ -60,7 +60,7 @@ async def test_replayed_old_profile_event_leaves_newer_snapshots(
     assert decode_cached(await redis.get(key)).version == 3  # type: ignore[union-attr, arg-type]
 
     # When the old v2 event is handled again (a replay, or an out-of-order delivery)
-    results = await runtime.profiles.handle_events([profile_event(old_doc, 1)])
+    results = await handle_events(runtime.profiles, [profile_event(old_doc, 1)])
     # and a slow post handler writes the old snapshot back
     changed = await world.posts.set_snapshots([("p0", AuthorSnapshot.from_profile(old_doc))])
     worker.stop.set()
@@ -97,11 +97,11 @@ async def test_another_replica_never_announces_older_than_redis_holds(
 ) -> None:
     # Given v8 announced by one replica (Redis holds v8)
     first, first_pub = replica(redis, key_prefix)
-    assert await first.handle_events([replace("u1", 8, "Eight", 2)]) == [None]
+    assert await handle_events(first, [replace("u1", 8, "Eight", 2)]) == [None]
     # When another replica, with nothing in L1, handles the older replace v7, then v8 again (replay)
     second, second_pub = replica(redis, key_prefix)
-    results = await second.handle_events([replace("u1", 7, "Seven", 1)])
-    again = await second.handle_events([replace("u1", 8, "Eight", 2)])
+    results = await handle_events(second, [replace("u1", 7, "Seven", 1)])
+    again = await handle_events(second, [replace("u1", 8, "Eight", 2)])
     # Then v7 is not announced and counted, while the replayed v8 is announced again (same id)
     assert results == again == [None]
     assert [m.message_id for m in first_pub.messages + second_pub.messages] == ["profile:u1:v:8"] * 2
@@ -114,13 +114,13 @@ async def test_a_display_change_without_a_bump_is_counted_and_warned_across_repl
 ) -> None:
     # Given v4 "Old" announced (Redis holds it)
     first, _ = replica(redis, key_prefix)
-    assert await first.handle_events([replace("u1", 4, "Old", 1)]) == [None]
+    assert await handle_events(first, [replace("u1", 4, "Old", 1)]) == [None]
     # When the app changes the display name without bumping the version, seen by another replica
     second, _ = replica(redis, key_prefix)
     warnings: list[str] = []
     sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
     try:
-        assert await second.handle_events([replace("u1", 4, "New", 2)]) == [None]
+        assert await handle_events(second, [replace("u1", 4, "New", 2)]) == [None]
     finally:
         logger.remove(sink)
     # Then it is counted and one WARNING says the version must be bumped
