@@ -35,7 +35,7 @@ T = TypeVar("T")
 DLQ_SUFFIX = ".queue"
 
 
-def _check_name(value: str) -> str:
+def check_name(value: str) -> str:
     if value.startswith("amq."):
         raise ValueError("names starting with 'amq.' are reserved by RabbitMQ")
     if len(value.encode()) > 255:
@@ -58,7 +58,7 @@ class QueueSpec(BaseModel):
     @field_validator("name", "dead_letter_exchange")
     @classmethod
     def _names(cls, value: str | None) -> str | None:
-        return None if value is None else _check_name(value)
+        return None if value is None else check_name(value)
 
     @model_validator(mode="after")
     def _quorum_is_durable(self) -> Self:
@@ -105,7 +105,9 @@ class TopologySettings(BaseModel):
         return sorted({q.dead_letter_exchange for q in self.queues if q.dead_letter_exchange})
 
 
-async def _guard(kind: str, name: str, wanted: str, step: Awaitable[T], action: str = "declare") -> T:
+async def _guard(
+    kind: str, name: str, wanted: str, step: Awaitable[T], action: str = "declare", section: str = "topology"
+) -> T:
     """Run one declare or bind; turn the broker's refusals into ConfigError naming the object."""
     try:
         return await step
@@ -118,13 +120,13 @@ async def _guard(kind: str, name: str, wanted: str, step: Awaitable[T], action: 
             f"RabbitMQ {kind} {name!r} already exists with different arguments (type, durability or "
             f"x-arguments) than the config asks for ({wanted}); the broker says: {exc}. To resolve it, "
             f"delete the existing {kind} (`{delete}`; a queue's messages are lost) so it is declared "
-            f"anew, or change [topology] in the config to match it. This channel is closed now; "
+            f"anew, or change [{section}] in the config to match it. This channel is closed now; "
             f"open a fresh one before going on."
         ) from None
     except ChannelAccessRefused as exc:
         raise ConfigError(
             f"RabbitMQ refused to {action} {kind} {name!r}: {exc}. Grant the user the permissions "
-            f"it needs (configure; read/write to bind), or set topology.declare = false."
+            f"it needs (configure; read/write to bind), or set {section}.declare = false."
         ) from None
 
 
