@@ -241,19 +241,52 @@ async def test_a_job_that_kills_its_workers_is_dead_lettered_by_the_broker_past_
     for attempt in range(jobs.delivery_limit + 1):
         worker = consumer(connection, jobs, "ordinary", graph, MemoryPublisher())
         await worker.start()
-        await wait_for(lambda w=worker: w.stats.jobs_received == 1, what=f"delivery {attempt + 1}")  # type: ignore[misc]
+        await wait_for(lambda w=worker: w.stats.jobs_received == 1, what=f"delivery {attempt + 1}")
         await worker.stop()  # killed: the channel closes with the job unacknowledged
 
-    await wait_for(lambda: True)
-    dead = []
-    for _ in range(50):
-        dead = await dead_jobs(connection, jobs)
-        if dead:
+    dead: list[Any] = []
+    for _ in range(100):  # the broker dead-letters on the last return, asynchronously
+        if dead := await dead_jobs(connection, jobs):
             break
         await asyncio.sleep(0.05)
     [message] = dead
     assert message.headers["x-first-death-reason"] == "delivery_limit"
     assert message.message_id == "job:p1:range:0"
+
+
+class HeldConfirms(MemoryPublisher):
+    """Sends at once but confirms only when told: a broker slow to fsync."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[asyncio.Future[None]] = []
+
+    async def send(self, message: OutgoingMessage) -> asyncio.Future[None]:
+        await super().send(message)
+        self.pending.append(asyncio.get_running_loop().create_future())
+        return self.pending[-1]
+
+
+async def test_a_job_is_acked_only_after_every_chunk_is_confirmed(
+    connection: AbstractConnection, jobs: FanoutSettings
+) -> None:
+    graph = MemoryFollowerGraph()
+    graph.set_followers("a", ["f1", "f2", "f3", "f4", "f5"])
+    [job] = await plan(graph, "p1", "a", 10)
+    publisher = HeldConfirms()
+    worker = consumer(connection, jobs, "ordinary", graph, publisher)
+    await worker.start()
+    try:
+        await publish(jobs, [job_message(job)])
+        await wait_for(lambda: len(publisher.pending) == 3, what="every chunk sent")
+        for future in publisher.pending[:2]:
+            future.set_result(None)
+        await asyncio.sleep(0.2)
+        assert worker.stats.jobs_acked == 0  # one chunk still unconfirmed
+        publisher.pending[2].set_result(None)
+        await wait_for(lambda: worker.stats.jobs_acked == 1, what="the ack after the last confirm")
+    finally:
+        await worker.stop()
 
 
 async def test_a_worker_killed_mid_job_loses_nothing_and_the_redelivery_replays_the_same_ids_and_recipients(
