@@ -138,6 +138,8 @@ class FanoutSettings(_Section):
     range_size: int = Field(10_000, gt=0, le=10_000_000)
     delivery_limit: int = Field(5, gt=0, le=1_000)
     defer_seconds: float = Field(30.0, gt=0, le=86_400)
+    author_posts_per_second: float = Field(0.0, ge=0)  # 0: no per-author limit
+    author_burst: int = Field(20, gt=0)
 
     @field_validator(
         "exchange",
