@@ -144,6 +144,26 @@ async def plan(graph: MemoryFollowerGraph, post_id: str, author: str, range_size
     )
 
 
+class Started:
+    """A consumer bound to the test's connection, so ``start()`` needs no argument."""
+
+    def __init__(self, connection: AbstractConnection, consumer: FanoutConsumer) -> None:
+        self.connection, self.consumer = connection, consumer
+        self.stats, self.pause, self.resume, self.stop = (
+            consumer.stats,
+            consumer.pause,
+            consumer.resume,
+            consumer.stop,
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return self.consumer.in_flight
+
+    async def start(self) -> None:
+        await self.consumer.start(self.connection)
+
+
 def consumer(
     connection: AbstractConnection,
     settings: FanoutSettings,
@@ -151,8 +171,10 @@ def consumer(
     graph: Any,
     publisher: Any,
     chunk_size: int = 2,
-) -> FanoutConsumer:
-    return FanoutConsumer(connection, settings, lane, graph, publisher, chunk_size, timeout_seconds=5.0)
+) -> Started:
+    return Started(
+        connection, FanoutConsumer(settings, lane, graph, publisher, chunk_size, timeout_seconds=5.0)
+    )
 
 
 async def test_a_job_round_trip_publishes_confirmed_chunks_then_acks_the_job(

@@ -47,7 +47,6 @@ class FanoutConsumer:
 
     def __init__(
         self,
-        connection: AbstractConnection,
         settings: FanoutSettings,
         lane: Lane,
         graph: FollowerGraph,
@@ -55,7 +54,6 @@ class FanoutConsumer:
         chunk_size: int,
         timeout_seconds: float = 10.0,
     ) -> None:
-        self._connection = connection
         self._settings = settings
         self.lane: Lane = lane
         self._graph = graph
@@ -72,10 +70,16 @@ class FanoutConsumer:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    async def start(self) -> None:
-        """Open the lane's channel (prefetch from settings) and start consuming."""
+    @property
+    def lost(self) -> bool:
+        """Its channel closed under it (connection lost, or a broker error): restart it on a new one."""
+        return self._channel is not None and self._channel.is_closed
+
+    async def start(self, connection: AbstractConnection) -> None:
+        """Open the lane's channel on ``connection`` (prefetch from settings) and start consuming.
+        Stats carry over a ``stop`` and a ``start`` on a new connection."""
         if self._channel is None:
-            self._channel, self._queue = await open_lane(self._connection, self._settings, self.lane)
+            self._channel, self._queue = await open_lane(connection, self._settings, self.lane)
         await self.resume()
 
     async def resume(self) -> None:
@@ -92,6 +96,8 @@ class FanoutConsumer:
     async def stop(self, drain_seconds: float = 0.0) -> None:
         """Stop receiving, let jobs in hand finish for ``drain_seconds``, cancel the rest and close the
         channel: the unacknowledged jobs go back to the queue for another worker. Safe twice."""
+        if self.lost:
+            self._tag = None  # nothing to cancel on a dead channel
         await self.pause()
         if self._tasks and drain_seconds > 0:
             await asyncio.wait(list(self._tasks), timeout=drain_seconds)
