@@ -17,8 +17,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends tini \
     && useradd --system --uid 10001 --no-create-home fanout
 COPY --from=build /opt/venv /opt/venv
 COPY config.toml /etc/fanout-worker/config.toml
+# The health listener binds loopback by default; in a container it must be reachable from outside
+# (port mapping, orchestrator probes), so the image exposes it on purpose.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    FANOUT_LOG__FORMAT=json
+    FANOUT_LOG__FORMAT=json FANOUT_HEALTH__HOST=0.0.0.0
 USER 10001
 EXPOSE 9464
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \

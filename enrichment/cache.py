@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
 
 from enrichment.errors import ServiceUnavailable
 from enrichment.memory import MemoryLayer
-from enrichment.redis_layer import RedisLayer
-from enrichment.snapshot import AuthorSnapshot
+from enrichment.redis_layer import KEPT_OTHER, WRITTEN, RedisLayer
+from enrichment.snapshot import MISSING_VERSION, AuthorSnapshot
 from enrichment.source import ProfileSource
 
 
@@ -31,6 +31,15 @@ class CacheStats:
     l2_reads: int = 0
     repairs_replayed: int = 0
     repairs_dropped: int = 0
+
+
+@dataclass(slots=True)
+class ChangeOutcome:
+    """What the cache layers made of a batch of profile changes."""
+
+    written: int | None  # L2 entries replaced; None: Redis could not be written (owed)
+    newer: dict[str, int] = field(default_factory=dict)  # user → a newer version already known
+    conflicts: set[str] = field(default_factory=set)  # same version as L2 holds, other content
 
 
 class LayeredCache:
@@ -145,24 +154,74 @@ class LayeredCache:
             else:
                 future.set_result(found.get(user_id))
 
-    async def apply_changes(self, snapshots: Sequence[AuthorSnapshot]) -> int | None:
-        """Profiles changed: drop the old L1 entries and, in one Redis round trip, replace each L2
-        entry that holds an older version.
+    async def apply_changes(self, snapshots: Sequence[AuthorSnapshot]) -> ChangeOutcome:
+        """Profiles changed (one snapshot per user): drop the old L1 entries and, in one Redis round
+        trip, replace each L2 entry that holds an older version.
 
-        Returns how many L2 took (0 without L2), or None if Redis could not be written: every
-        write of the batch is then owed and replayed later.
+        Says how many L2 took (0 without L2; None if Redis could not be written: every write of
+        the batch is then owed and replayed later), which changes are older than a version some
+        layer already knows, and which repeat a known version with other content.
         """
+        outcome = ChangeOutcome(0)
         for snapshot in snapshots:
+            known = self.l1.known_version(snapshot.user_id)
+            owed = self._repairs.get(snapshot.user_id)
+            if owed is not None:
+                known = max(known if known is not None else owed.version, owed.version)
+            if known is not None and known > snapshot.version:
+                outcome.newer[snapshot.user_id] = known
             self.l1.drop(snapshot.user_id, min_version=snapshot.version)
             # A lookup in flight may have read the old profile: later callers must not join it.
             self._inflight.pop(snapshot.user_id, None)
         if self.l2 is None or not snapshots:
-            return 0
-        written = await self.l2.put_many([(s.user_id, s) for s in snapshots])
-        if written is None:
+            return outcome
+        checked = await self.l2.put_many_checked([(s.user_id, s) for s in snapshots])
+        if checked is None:
+            outcome.written = None
             for snapshot in snapshots:
                 self._owe(snapshot)
-        return written
+            return outcome
+        for snapshot, (status, held) in zip(snapshots, checked, strict=True):
+            if status == WRITTEN:
+                outcome.written = (outcome.written or 0) + 1
+            elif held > snapshot.version:
+                outcome.newer[snapshot.user_id] = max(held, outcome.newer.get(snapshot.user_id, held))
+            elif status == KEPT_OTHER:
+                outcome.conflicts.add(snapshot.user_id)
+        return outcome
+
+    async def apply_deletes(self, user_ids: Sequence[str]) -> dict[str, int] | None:
+        """Profiles deleted: tombstone them in L1 and L2, unless the source holds them again
+        (re-created since; a replayed delete must not hide them).
+
+        Returns the version each tombstone carries (the highest known: older fills are refused),
+        which replicas are told, or None if Redis could not take the tombstones.
+        """
+        self.stats.source_queries += 1
+        present = await self._source.fetch_many(user_ids)
+        versions: dict[str, int] = {}
+        for user_id in user_ids:
+            if user_id in present:
+                continue
+            owed = self._repairs.pop(user_id, None)  # an owed older write must not be replayed
+            known = self.l1.known_version(user_id)
+            version = max(
+                known if known is not None else MISSING_VERSION,
+                owed.version if owed is not None else MISSING_VERSION,
+            )
+            self.l1.forget(user_id, version)
+            self._inflight.pop(user_id, None)
+            versions[user_id] = version
+        if self.l2 is None or not versions:
+            return versions
+        stored = await self.l2.put_tombstones(list(versions.items()))
+        if stored is None:
+            return None
+        for user_id, version in zip(list(versions), stored, strict=True):
+            if version > versions[user_id]:
+                versions[user_id] = version
+                self.l1.forget(user_id, version)
+        return versions
 
     def _owe(self, snapshot: AuthorSnapshot) -> None:
         owed = self._repairs.get(snapshot.user_id)

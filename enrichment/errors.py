@@ -9,6 +9,7 @@
     │   ├── InvalidEvent          a change event that fails validation
     │   └── InvalidJob            a fan-out job that fails validation
     ├── StreamFatal               the change stream cannot continue (history lost, invalidate)
+    │   └── EventTooLarge         an event over 16 MB the server cannot split (never retried)
     └── Deposed                   a newer leader holds the lease; this worker must stop writing
 
 It lives in the bottom room so that every room can raise and catch the same classes.
@@ -62,6 +63,14 @@ class StreamFatal(FanoutError):
         # Filled in by the pipeline, for the operator's log line.
         self.checkpoint_saved_at: datetime | None = None
         self.checkpoint_event_time: datetime | None = None
+
+
+class EventTooLarge(StreamFatal):
+    """The server failed the stream on an event over its 16 MB limit (BSONObjectTooLarge, 10334).
+
+    Reopening would meet the same event again, forever: it is never retried, and never skipped by
+    ``on_history_lost`` (which is about lost history, not about one event).
+    """
 
 
 class Deposed(FanoutError):

@@ -17,7 +17,8 @@ class _Entry:
     # The lowest version this user may be filled with. An invalidation raises it so a slow fill
     # that read the old profile before the invalidation cannot put it back.
     floor: int
-    tombstone: bool = False
+    tombstone: bool = False  # invalidated: a miss, until refilled
+    deleted: bool = False  # the profile was deleted: a "no such user" hit no fill at or below floor replaces
 
     @property
     def version(self) -> int:
@@ -70,11 +71,19 @@ class MemoryLayer:
             live = not current.tombstone and current.expires_at > now
             if new_version < floor or (live and new_version < current.version):
                 return False
+            if live and current.deleted and new_version <= floor:
+                return False  # a fill that read the profile before it was deleted
         ttl = self._ttl if value is not None else self._negative_ttl
         self._entries[user_id] = _Entry(now + ttl, value, max(floor, new_version))
         self._entries.move_to_end(user_id)
         self._evict()
         return True
+
+    def known_version(self, user_id: str) -> int | None:
+        """The highest version this layer has seen for ``user_id`` (held, filled or invalidated
+        to), expired or not: versions only grow, so it is a floor for the current one."""
+        entry = self._entries.get(user_id)
+        return None if entry is None else max(entry.floor, entry.version)
 
     def drop(self, user_id: str, min_version: int | None = None) -> None:
         """Forget ``user_id``. With ``min_version``, refuse later fills older than it for one TTL."""
@@ -84,6 +93,15 @@ class MemoryLayer:
         current = self._entries.get(user_id)
         floor = max(min_version, current.floor if current is not None else MISSING_VERSION)
         self._entries[user_id] = _Entry(self._clock() + self._ttl, None, floor, tombstone=True)
+        self._entries.move_to_end(user_id)
+        self._evict()
+
+    def forget(self, user_id: str, version: int) -> None:
+        """The profile was deleted: serve "no such user" for the negative TTL, and refuse fills of
+        ``version`` or older (they read it before the delete). A newer version (re-created) passes."""
+        current = self._entries.get(user_id)
+        floor = max(version, current.floor if current is not None else MISSING_VERSION)
+        self._entries[user_id] = _Entry(self._clock() + self._negative_ttl, None, floor, deleted=True)
         self._entries.move_to_end(user_id)
         self._evict()
 

@@ -19,28 +19,60 @@ from enrichment.breaker import CircuitBreaker
 from enrichment.snapshot import MISSING_VERSION, AuthorSnapshot, decode_cached, encode_missing
 
 # KEYS: the keys. ARGV: payload, ttl seconds, version, repeated once per key.
+# Returns, per key, a status and the version Redis holds after the call: WRITTEN, KEPT (a same or
+# newer version was there) or KEPT_OTHER (the same version with other content: an edit that did
+# not bump the version).
 _SET_IF_NEWER = """
-local written = 0
+local out = {}
 for i, key in ipairs(KEYS) do
   local payload = ARGV[3 * i - 2]
   local ttl = tonumber(ARGV[3 * i - 1])
   local version = tonumber(ARGV[3 * i])
-  local keep = false
+  local status = 1
+  local held = version
   -- pcall: a key of another type (written by something else) is overwritten, not a failed batch.
   local current = redis.pcall('GET', key)
   if type(current) == 'string' then
     local ok, doc = pcall(cjson.decode, current)
     if ok and type(doc) == 'table' and tonumber(doc['version']) ~= nil
         and tonumber(doc['version']) >= version then
-      keep = true
+      held = tonumber(doc['version'])
+      status = 0
+      if held == version and current ~= payload then
+        status = 2
+      end
     end
   end
-  if not keep then
+  if status == 1 then
     redis.call('SET', key, payload, 'EX', ttl)
-    written = written + 1
   end
+  out[2 * i - 1] = status
+  out[2 * i] = held
 end
-return written
+return out
+"""
+KEPT, WRITTEN, KEPT_OTHER = 0, 1, 2
+
+# A deleted profile: a "no such user" entry whose version is the highest known (the one given or
+# the one stored), so the set-if-newer script refuses fills that read the profile before the delete.
+# KEYS: the keys. ARGV: version, ttl seconds, repeated once per key. Returns the versions stored.
+_TOMBSTONE = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[2 * i - 1])
+  local current = redis.pcall('GET', key)
+  if type(current) == 'string' then
+    local ok, doc = pcall(cjson.decode, current)
+    if ok and type(doc) == 'table' and tonumber(doc['version']) ~= nil
+        and tonumber(doc['version']) > version then
+      version = tonumber(doc['version'])
+    end
+  end
+  redis.call('SET', key, '{"missing":true,"deleted":true,"version":' .. string.format('%d', version) .. '}',
+             'EX', tonumber(ARGV[2 * i]))
+  out[i] = version
+end
+return out
 """
 
 
@@ -65,6 +97,7 @@ class RedisLayer:
         self._breaker = breaker
         self._rng = rng or random.Random()
         self._script = client.register_script(_SET_IF_NEWER)
+        self._tombstone = client.register_script(_TOMBSTONE)
         self.mget_calls = 0
         self.errors = 0
 
@@ -105,8 +138,15 @@ class RedisLayer:
 
         Returns how many were written, or None when Redis could not be written at all.
         """
+        checked = await self.put_many_checked(values)
+        return None if checked is None else sum(status == WRITTEN for status, _ in checked)
+
+    async def put_many_checked(
+        self, values: Sequence[tuple[str, AuthorSnapshot | None]]
+    ) -> list[tuple[int, int]] | None:
+        """``put_many`` saying, per value, (WRITTEN, KEPT or KEPT_OTHER, the version Redis holds)."""
         if not values:
-            return 0
+            return []
         if not self._breaker.allow():
             return None
         keys: list[str] = []
@@ -126,7 +166,28 @@ class RedisLayer:
             self._breaker.abandon()
             raise
         self._recovered()
-        return int(written)
+        return [(int(written[i]), int(written[i + 1])) for i in range(0, len(written), 2)]
+
+    async def put_tombstones(self, values: Sequence[tuple[str, int]]) -> list[int] | None:
+        """Mark each user deleted, at least at the given version; the versions stored, or None when
+        Redis could not be written."""
+        if not values:
+            return []
+        if not self._breaker.allow():
+            return None
+        args: list[int] = []
+        for _, version in values:
+            args += [version, self._negative_ttl]
+        try:
+            stored = await self._tombstone(keys=[self.key(u) for u, _ in values], args=args)
+        except (RedisError, OSError) as exc:
+            self._failed("tombstone", exc)
+            return None
+        except asyncio.CancelledError:
+            self._breaker.abandon()
+            raise
+        self._recovered()
+        return [int(v) for v in stored]
 
     def _jittered_ttl(self) -> int:
         # Spread expiries so a burst of fills does not expire (and miss) all at once.

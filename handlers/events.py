@@ -11,8 +11,28 @@ from bson import Timestamp
 
 from enrichment.errors import InvalidEvent
 from enrichment.snapshot import DISPLAY_FIELDS, AuthorSnapshot
+from handlers.ids import encode_post_id
 
 Token = Mapping[str, Any]
+
+# The fields of a change event the handlers read. The feeds project every other field away ($project),
+# so events stay small, far under the server's 16 MB limit of one change event, and the network
+# carries less: reading a new field is one edit here. ``_id`` is the resume token (never projected
+# away: error 280); documentKey and ns identify the event in logs and dead letters.
+_EVENT_FIELDS = ("_id", "operationType", "clusterTime", "documentKey", "ns")
+POST_EVENT_FIELDS: tuple[str, ...] = (
+    *_EVENT_FIELDS,
+    *(f"fullDocument.{f}" for f in ("_id", "author_id", "text", "created_at")),
+)
+PROFILE_EVENT_FIELDS: tuple[str, ...] = (
+    *_EVENT_FIELDS,
+    "updateDescription.updatedFields",
+    "updateDescription.removedFields",
+    *(f"fullDocument.{f}" for f in ("_id", "version", *sorted(DISPLAY_FIELDS))),
+)
+# Set by the feed's pipeline under ``mongo.large_events = "skip"`` on an event whose documents were
+# left out because the event would exceed 16 MB: their size in bytes.
+OVERSIZE_FIELD = "fanoutOversizeBytes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +43,7 @@ class ChangeEvent:
     token: Token
     op: str
     raw: Mapping[str, Any]
+    fragments: int = 1  # > 1: reassembled from $changeStreamSplitLargeEvent fragments
 
     @classmethod
     def from_raw(cls, stream: str, raw: Mapping[str, Any]) -> ChangeEvent:
@@ -38,6 +59,21 @@ class ChangeEvent:
         return ts.as_datetime() if isinstance(ts, Timestamp) else None
 
     @property
+    def oversize_bytes(self) -> int | None:
+        """The size of the documents the feed left out of this event (policy "skip"), else None."""
+        size = self.raw.get(OVERSIZE_FIELD)
+        return size if isinstance(size, int) else None
+
+    def check_size(self) -> None:
+        """Raise InvalidEvent for an event that reached us without its documents (too large)."""
+        size = self.oversize_bytes
+        if size is not None:
+            raise InvalidEvent(
+                f"change event over the 16 MB limit ({size} bytes of documents); its documents were "
+                'left out by mongo.large_events = "skip"'
+            )
+
+    @property
     def full_document(self) -> Mapping[str, Any] | None:
         doc = self.raw.get("fullDocument")
         return doc if isinstance(doc, Mapping) else None
@@ -45,18 +81,20 @@ class ChangeEvent:
 
 @dataclass(frozen=True, slots=True)
 class NewPost:
-    post_id: Any  # as stored (ObjectId or str); rendered with str() in messages
+    post_id: Any  # as stored (ObjectId, str, int…); rendered with handlers.ids in messages
     author_id: str
     text: str
     created_at: str | None
 
     @property
     def id_str(self) -> str:
-        return str(self.post_id)
+        """The id in messages: unique per distinct ``_id`` whatever its type (handlers/ids.py)."""
+        return encode_post_id(self.post_id)
 
 
 def parse_new_post(event: ChangeEvent, max_text_bytes: int) -> NewPost:
     """Validate a ``posts`` insert event; raise InvalidEvent naming what is wrong."""
+    event.check_size()
     if event.op != "insert":
         raise InvalidEvent(f"posts stream: unexpected operationType {event.op!r}")
     doc = event.full_document
@@ -88,11 +126,22 @@ class ProfileChange:
     snapshot: AuthorSnapshot
 
 
-def parse_profile_change(event: ChangeEvent) -> ProfileChange | None:
-    """A display-field change, or None when the event does not concern snapshots.
+@dataclass(frozen=True, slots=True)
+class ProfileDeleted:
+    user_id: str
+
+
+def parse_profile_change(event: ChangeEvent) -> ProfileChange | ProfileDeleted | None:
+    """A display-field change, a deletion, or None when the event does not concern snapshots.
 
     Raises InvalidEvent when the looked-up profile is malformed.
     """
+    event.check_size()
+    if event.op == "delete":
+        # A delete carries only the documentKey. A non-string _id was never a user (nor cached).
+        key = event.raw.get("documentKey")
+        user_id = key.get("_id") if isinstance(key, Mapping) else None
+        return ProfileDeleted(user_id) if isinstance(user_id, str) and user_id else None
     if event.op == "update":
         desc = event.raw.get("updateDescription")
         if not isinstance(desc, Mapping):

@@ -47,7 +47,18 @@ class FollowerGraph(Protocol):
     ) -> AsyncGenerator[list[str], None]:
         """Stream the ids following ``user_id`` in ascending id order, a page (one cursor batch) at
         a time, without loading them all. Each page is a new list the caller may keep. Pages, not
-        ids: per-id async steps cost more than the rest of a fan-out together."""
+        ids: per-id async steps cost more than the rest of a fan-out together.
+
+        The order is a contract: ascending across pages, not only within one (code-point order,
+        which is MongoDB's simple-collation order for strings), so repeated edges are adjacent and
+        the caller drops them with constant memory. Repeats and the followee itself may appear.
+        Only string ids are yielded; others are counted in ``invalid_ids``, never dropped silently.
+        """
+        ...
+
+    @property
+    def invalid_ids(self) -> int:
+        """Follower ids skipped so far because they are not strings (recipients are user ids)."""
         ...
 
 

@@ -9,37 +9,19 @@ the same message ids with the same recipients while the range's followers are un
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import itertools
 from dataclasses import dataclass
 
 from handlers.confirms import ConfirmSet
 from handlers.jobs import FanoutJob, RangeChunkEncoder
 from handlers.ports import FollowerGraph, OutgoingMessage, Publisher
+from handlers.posts import recipients_of
 
 
 @dataclass(frozen=True, slots=True)
 class RangeResult:
     chunks: int
     recipients: int
-
-
-def _recipients(page: list[str], author_id: str, previous: str | None) -> list[str]:
-    """A sorted page without the author and without the repeats of an id (``previous`` is the last
-    id kept from the pages before). Copies the page only when it has something to drop."""
-    lo = bisect.bisect_left(page, author_id)
-    hi = bisect.bisect_right(page, author_id, lo)
-    if lo < hi:
-        page = page[:lo] + page[hi:]
-    if (page and page[0] == previous) or any(a == b for a, b in itertools.pairwise(page)):
-        kept: list[str] = []
-        for follower in page:
-            if follower != previous:
-                kept.append(follower)
-                previous = follower
-        page = kept
-    return page
 
 
 async def fan_out_range(
@@ -69,7 +51,7 @@ async def fan_out_range(
     # aclosing: a failed publish stops the loop and closes the follower cursor at once.
     async with contextlib.aclosing(graph.follower_pages(job.author_id, rng.after, rng.until)) as pages:
         async for page in pages:
-            page = _recipients(page, job.author_id, previous)
+            page = recipients_of(page, job.author_id, previous)
             if not page:
                 continue
             previous = page[-1]

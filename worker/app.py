@@ -19,9 +19,11 @@ from enrichment.invalidation import InvalidationBus, LocalInvalidationBus, Redis
 from enrichment.memory import MemoryLayer
 from enrichment.redis_layer import RedisLayer
 from enrichment.source import ProfileSource
+from handlers.events import POST_EVENT_FIELDS, PROFILE_EVENT_FIELDS
 from handlers.ports import DeadLetters, FollowerGraph, PostStore, Publisher
 from handlers.posts import PostCreatedHandler
 from handlers.profiles import ProfileChangedHandler
+from worker import uris
 from worker.adapters.mongo_feed import MongoChangeFeed
 from worker.adapters.mongo_stores import (
     MongoCheckpointStore,
@@ -31,6 +33,7 @@ from worker.adapters.mongo_stores import (
     MongoPostStore,
     MongoProfileSource,
 )
+from worker.failures import cause
 from worker.ports import ChangeFeed, CheckpointStore, LeaseStore
 from worker.publisher import PublishStats, RabbitPublisher
 from worker.settings import Settings
@@ -39,7 +42,7 @@ from worker.topology import ensure_topology
 POSTS_STREAM = "posts"
 PROFILES_STREAM = "profiles"
 POST_OPS = ("insert",)
-PROFILE_OPS = ("insert", "update", "replace")
+PROFILE_OPS = ("insert", "update", "replace", "delete")  # deletes tombstone the caches
 
 
 class ManagedPublisher(Publisher, Protocol):
@@ -167,14 +170,29 @@ async def build_runtime(settings: Settings) -> Runtime:
         await mongo.admin.command("ping")
     except PyMongoError as exc:
         await mongo.close()
-        raise ServiceUnavailable(f"MongoDB is unreachable: {type(exc).__name__}") from None
+        where = uris.validate_mongo(m.uri.get_secret_value()).endpoints()
+        raise ServiceUnavailable(f"MongoDB is unreachable: {where}: {cause(exc)}") from None
     db = mongo[m.database]
     feeds: dict[str, ChangeFeed] = {
         POSTS_STREAM: MongoChangeFeed(
-            db[m.posts], POSTS_STREAM, POST_OPS, False, m.max_await_time_ms, m.change_batch_size
+            db[m.posts],
+            POSTS_STREAM,
+            POST_OPS,
+            False,
+            m.max_await_time_ms,
+            m.change_batch_size,
+            POST_EVENT_FIELDS,
+            m.large_events,
         ),
         PROFILES_STREAM: MongoChangeFeed(
-            db[m.profiles], PROFILES_STREAM, PROFILE_OPS, True, m.max_await_time_ms, m.change_batch_size
+            db[m.profiles],
+            PROFILES_STREAM,
+            PROFILE_OPS,
+            True,
+            m.max_await_time_ms,
+            m.change_batch_size,
+            PROFILE_EVENT_FIELDS,
+            m.large_events,
         ),
     }
     stores = Stores(
@@ -192,7 +210,8 @@ async def build_runtime(settings: Settings) -> Runtime:
     except (RedisError, OSError) as exc:
         for close in reversed(closers):
             await close()
-        raise ServiceUnavailable(f"Redis is unreachable: {type(exc).__name__}") from None
+        where = uris.validate_redis(settings.redis.url.get_secret_value()).endpoints()
+        raise ServiceUnavailable(f"Redis is unreachable: {where}: {cause(exc)}") from None
     publisher = rabbit_publisher(settings)
     try:
         await publisher.connect()

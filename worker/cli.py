@@ -1,7 +1,8 @@
 """The ``fanout-worker`` command.
 
 Exit codes: 0 ok · 1 unexpected error · 2 bad configuration · 3 a service unreachable at start ·
-4 a change stream cannot resume (history lost, invalidate) · 130 interrupted twice.
+4 a change stream cannot resume (history lost, invalidate) · 5 shutdown did not finish in time
+(the last-resort guard, worker/shutdown.py) · 130 interrupted twice.
 """
 
 from __future__ import annotations
@@ -15,14 +16,21 @@ from pathlib import Path
 
 from loguru import logger
 
-from enrichment.errors import ConfigError, FanoutError, ServiceUnavailable, StreamFatal
-from worker import __version__, ops
+from enrichment.errors import (
+    ConfigError,
+    EventTooLarge,
+    FanoutError,
+    ServiceUnavailable,
+    StreamFatal,
+)
+from worker import __version__, ops, uris
 from worker.app import build_runtime
-from worker.health import HealthServer, status_line, worker_progress
+from worker.health import HealthServer, status_line, worker_alive
 from worker.logs import configure, redact
 from worker.notify import Notifier, watchdog_loop
 from worker.service import Worker, tune_gc
 from worker.settings import Settings, load_settings
+from worker.shutdown import GUARD_GRACE_SECONDS, ExitGuard, bounded
 from worker.summary import summary_loop
 
 EXIT_OK = 0
@@ -40,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         "RabbitMQ. Settings come from a TOML file, overridden by FANOUT_* environment variables "
         "(FANOUT_RABBITMQ__URL sets rabbitmq.url).",
         epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad configuration, 3 service unreachable "
-        "at start, 4 change stream cannot resume, 130 interrupted twice.",
+        "at start, 4 change stream cannot resume, 5 shutdown stuck, 130 interrupted twice.",
     )
     parser.add_argument("--version", action="version", version=f"fanout-worker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         help="validate the config and reach every service",
         description="Validate the settings, reach MongoDB (must be a replica set), Redis and RabbitMQ, "
-        "and print what is OK and what is not. Exit 0 when all are OK, 3 otherwise, 2 on bad config.",
+        "and print what is OK and what is not (host:port and the cause). Exit 0 when all are OK, 2 on "
+        "bad config (an exchange or queue existing with other arguments included), 3 otherwise.",
     )
     check.add_argument("--config", type=Path, metavar="PATH", help=config_help)
 
@@ -121,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        print(f"fanout-worker: {exc}", file=sys.stderr)
+        print(f"fanout-worker: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     configure(settings.log.level, settings.log.format)
     try:
@@ -137,6 +146,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_checkpoint(settings, args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    # Whatever a command did not handle itself: a user's mistake is one line, never a traceback;
+    # anything else is a bug, logged with its (redacted) traceback.
+    except ConfigError as exc:
+        print(f"fanout-worker: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ServiceUnavailable as exc:
+        print(f"fanout-worker: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except Exception as exc:
+        logger.opt(exception=exc).error("fanout-worker failed: {}", redact(str(exc)))
+        return EXIT_ERROR
 
 
 async def _check(settings: Settings) -> int:
@@ -144,6 +164,8 @@ async def _check(settings: Settings) -> int:
     rows = [("service", "status", "detail")]
     rows += [(r.name, "OK" if r.ok else "FAIL", r.detail) for r in results]
     print(ops.format_table(rows))
+    if any(r.config_error for r in results):
+        return EXIT_CONFIG
     return EXIT_OK if all(r.ok for r in results) else EXIT_UNAVAILABLE
 
 
@@ -158,7 +180,8 @@ async def _checkpoint(settings: Settings, args: argparse.Namespace) -> int:
         print(f"fanout-worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ServiceUnavailable as exc:
-        print(f"fanout-worker: {exc}", file=sys.stderr)
+        where = uris.validate_mongo(settings.mongo.uri.get_secret_value()).endpoints()
+        print(f"fanout-worker: {where}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except FanoutError as exc:
         print(f"fanout-worker: {exc}", file=sys.stderr)
@@ -177,6 +200,8 @@ async def _run(settings: Settings) -> int:
         return EXIT_CONFIG
     worker = Worker(runtime)
     worker.install_signal_handlers()
+    # Armed when a stop is asked for; the normal path finishes long before it fires.
+    guard = ExitGuard(settings.pipeline.shutdown_deadline_seconds + GUARD_GRACE_SECONDS, lambda: worker.stage)
     tune_gc()
     notifier = Notifier()
     health: HealthServer | None = None
@@ -193,12 +218,12 @@ async def _run(settings: Settings) -> int:
         asyncio.create_task(
             watchdog_loop(
                 notifier,
-                lambda: worker_progress(worker),
+                lambda: worker_alive(worker, settings.health.watchdog_seconds),
                 notifier.watchdog_interval() or 10.0,
                 lambda: status_line(worker),
             )
         ),
-        asyncio.create_task(_announce_stop(worker, notifier)),
+        asyncio.create_task(_announce_stop(worker, notifier, guard)),
     ]
     if settings.log.summary_interval_seconds > 0:
         helpers.append(asyncio.create_task(summary_loop(worker, settings.log.summary_interval_seconds)))
@@ -211,18 +236,36 @@ async def _run(settings: Settings) -> int:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
         if health is not None:
-            await health.close()
+            await bounded("closing the health server", health.close(), 1.0)
         notifier.close()
+        # Left armed: asyncio.run still waits for every task it cancels, and one that ignores its
+        # cancellation would hang the exit. The guard is a daemon thread, so a clean exit is not held.
+        worker.stage = "ending the event loop"
 
 
-async def _announce_stop(worker: Worker, notifier: Notifier) -> None:
+async def _announce_stop(worker: Worker, notifier: Notifier, guard: ExitGuard) -> None:
     await worker.stop.wait()
+    guard.arm()
     notifier.stopping()
 
 
 async def _supervise(worker: Worker) -> int:
     try:
         await worker.run()
+    except EventTooLarge as exc:
+        logger.error(
+            "stream {} stopped: {}. It stays at its checkpoint, saved at {} (last event handled at {}): "
+            "reopening would meet the same event again. To go on: upgrade MongoDB to 6.0.9+ or 7.0+ "
+            '(mongo.large_events = "split" then reassembles it), or set mongo.large_events = "skip" '
+            "(dead-lettered without its document), or skip past it with `fanout-worker checkpoint "
+            "reset --stream {} --to-time <after the event>`.",
+            exc.stream,
+            exc.reason,
+            exc.checkpoint_saved_at.isoformat() if exc.checkpoint_saved_at else "never",
+            exc.checkpoint_event_time.isoformat() if exc.checkpoint_event_time else "unknown",
+            exc.stream,
+        )
+        return EXIT_STREAM_FATAL
     except StreamFatal as exc:
         saved = exc.checkpoint_saved_at.isoformat() if exc.checkpoint_saved_at else "never"
         last = exc.checkpoint_event_time.isoformat() if exc.checkpoint_event_time else "unknown"

@@ -20,6 +20,7 @@ from loguru import logger
 from redis.exceptions import RedisError
 
 from enrichment.errors import ServiceUnavailable
+from handlers.events import POST_EVENT_FIELDS, PROFILE_EVENT_FIELDS
 from worker.adapters.memory_db import MemoryDatabase
 from worker.adapters.memory_feed import MemoryChangeFeed
 from worker.adapters.memory_stores import (
@@ -52,10 +53,16 @@ def memory_feeds(db: MemoryDatabase, max_await_seconds: float = 0.2) -> dict[str
     what ``build_runtime``'s do. NOT MongoDB."""
     return {
         POSTS_STREAM: MemoryChangeFeed(
-            db, POSTS_STREAM, "posts", frozenset(POST_OPS), False, max_await_seconds
+            db, POSTS_STREAM, "posts", frozenset(POST_OPS), False, max_await_seconds, POST_EVENT_FIELDS
         ),
         PROFILES_STREAM: MemoryChangeFeed(
-            db, PROFILES_STREAM, "profiles", frozenset(PROFILE_OPS), True, max_await_seconds
+            db,
+            PROFILES_STREAM,
+            "profiles",
+            frozenset(PROFILE_OPS),
+            True,
+            max_await_seconds,
+            PROFILE_EVENT_FIELDS,
         ),
     }
 

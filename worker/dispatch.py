@@ -22,7 +22,7 @@ from loguru import logger
 from enrichment.backoff import Backoff, wait_event
 from enrichment.errors import (
     Deposed,
-    FanoutError,
+    EventTooLarge,
     PermanentError,
     ServiceUnavailable,
     StreamFatal,
@@ -33,9 +33,15 @@ from handlers.ports import DeadLetters, Report
 from worker.eventlog import StreamStats, event_logger
 from worker.ports import ChangeFeed, Checkpoint, CheckpointStore, Gap
 from worker.settings import PipelineSettings
+from worker.shutdown import SETTLE_SECONDS, bounded, raise_if_cancelling, settle, until_stopped
 from worker.watermark import Watermark
 
 _Item = tuple[int, ChangeEvent]
+
+# Once stopping: how long the reader may take to come back from its getMore before it is cancelled
+# (that closes the stream, which is fine now), and how long the final checkpoint save may take.
+READER_GRACE_SECONDS = 1.0
+FINAL_SAVE_SECONDS = 1.5
 
 
 class EventHandler(Protocol):
@@ -69,6 +75,13 @@ class StreamPipeline:
         self._saved_version = 0
         self.stats = stats or StreamStats()  # passed in, so counters survive leadership terms
         self.last_progress = time.monotonic()  # a getMore (or try_next) came back
+        self._last_reopen = 0.0  # a failed getMore or open, before a reopen: MongoDB being away
+        # What the reader legitimately waits for (room in flight, its checkpoint); None otherwise.
+        self.waiting_for: str | None = None
+        # While the stream fails to (re)open or read: consecutive failures, and the time.time() since
+        # which nothing has been read (the last successful read before them, or the term's start).
+        self.reopen_failures = 0
+        self.reopening_since: float | None = None
         self.resumed_from: Token | None = None
         self.checkpoint: Checkpoint | None = None  # the last one loaded or saved
         self.checkpoint_saved_at: float | None = None  # time.time() of the last save
@@ -76,10 +89,19 @@ class StreamPipeline:
         self.deposed: Deposed | None = None
         self._stop: asyncio.Event | None = None
         self._drain_seconds = settings.shutdown_deadline_seconds
+        self._stopping_since: float | None = None  # loop time stop was seen: the drain counts from it
 
     @property
     def in_flight(self) -> int:
         return self.watermark.outstanding
+
+    @property
+    def alive_at(self) -> float:
+        """For liveness (monotonic): now while the reader waits on backpressure or a dependency,
+        else its last getMore or its last failed attempt to reach MongoDB."""
+        if self.waiting_for is not None:
+            return time.monotonic()
+        return max(self.last_progress, self._last_reopen)
 
     def abort(self) -> None:
         """Stop at once without draining: leadership is lost, another worker will replay."""
@@ -93,7 +115,12 @@ class StreamPipeline:
         Raises StreamFatal (policy "fail") and Deposed (a newer leader fenced our checkpoint).
         """
         self._stop = stop
-        opened = await self._open_term(stop)
+        # Raced against stop: loading the checkpoint can block for a whole server-selection timeout.
+        self.waiting_for = "its checkpoint"
+        try:
+            opened = await until_stopped(self._open_term(stop), stop, 0.0)
+        finally:
+            self.waiting_for = None
         if opened is None:
             return  # stopped while MongoDB was unreachable
         checkpoint, first_start = opened
@@ -112,26 +139,32 @@ class StreamPipeline:
         )
         batcher = asyncio.create_task(self._batch_loop(), name=f"{self.stream} batcher")
         saver = asyncio.create_task(self._save_loop(), name=f"{self.stream} checkpointer")
+        noter = asyncio.create_task(self._note_stop(stop))
         try:
-            await self._read_loop(stop)
+            # A getMore can block for a whole server-selection timeout while MongoDB is away.
+            await until_stopped(self._read_loop(stop), stop, READER_GRACE_SECONDS)
         finally:
             try:
-                await self._queue.put(None)
+                self._queue.put_nowait(None)
                 await self._drain(batcher)
             finally:
-                # Even when cancelled mid-drain (a second signal), leave no task behind.
-                for task in (saver, batcher, *self._tasks):
-                    task.cancel()
-                await asyncio.gather(saver, batcher, *self._tasks, return_exceptions=True)
+                # Even when cancelled mid-drain (a second signal), leave no task behind, and never
+                # wait long for one that a library keeps from ending.
+                await settle([noter, saver, batcher, *self._tasks], SETTLE_SECONDS)
             if self.deposed is None:
-                try:
-                    await self.save_checkpoint()
-                except Deposed:
-                    pass
-                except FanoutError as exc:  # MongoDB away: the next term replays from the last save
-                    logger.bind(stream=self.stream).warning("final checkpoint not saved: {}", exc)
+                what = f"final checkpoint save of stream {self.stream}"
+                await bounded(what, self._final_save(), FINAL_SAVE_SECONDS)
         if self.deposed is not None:
             raise self.deposed
+
+    async def _note_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stopping_since = asyncio.get_running_loop().time()
+
+    async def _final_save(self) -> None:
+        """Not saved (MongoDB away, or fenced off): the next start replays from the last save."""
+        with contextlib.suppress(Deposed):
+            await self.save_checkpoint()
 
     async def _open_term(self, stop: asyncio.Event) -> tuple[Checkpoint, bool] | None:
         """Load the checkpoint (retrying while MongoDB is away) and claim it with this epoch.
@@ -154,6 +187,8 @@ class StreamPipeline:
                     await self._checkpoints.save(checkpoint)
                 return checkpoint, first_start
             except TransientError as exc:
+                raise_if_cancelling()
+                self._failing()
                 delay = backoff.next_delay()
                 logger.bind(stream=self.stream).warning(
                     "stream {}: cannot load its checkpoint ({}); retrying in {:.1f}s", self.stream, exc, delay
@@ -180,6 +215,8 @@ class StreamPipeline:
                         # Never wrap try_next in a timeout: cancelling it closes the stream.
                         event = await cursor.try_next()
                         self.last_progress = time.monotonic()
+                        if self.reopen_failures:
+                            self._reading_again()
                         backoff.reset()
                         resume = cursor.resume_token or resume
                         start_at = None if resume is not None else start_at
@@ -191,31 +228,60 @@ class StreamPipeline:
                             break  # stopping: this event was not begun, so it will be replayed
                         seq = self.watermark.begin(event.token, event.cluster_time)
                         self.stats.read += 1
+                        self.stats.count_size(event.fragments, event.oversize_bytes)
                         self.stats.count(event.op, "read")
                         self._queue.put_nowait((seq, event))
             except StreamFatal as exc:
                 self._describe(exc)
-                if self._cfg.on_history_lost == "fail":
+                # An event too large is not lost history: resuming from now would skip far more.
+                if self._cfg.on_history_lost == "fail" or isinstance(exc, EventTooLarge):
                     raise
                 # From now: neither the token nor a time before the fatal event can be used again.
                 lost, resume, start_at = exc, None, None
             except ServiceUnavailable as exc:
                 # Errors the driver could not resume by itself: reopen after the last event read.
+                self._last_reopen = time.monotonic()
                 self.stats.reopens += 1
+                self._failing()
                 delay = backoff.next_delay()
                 logger.bind(stream=self.stream).warning(
-                    "stream {} failed ({}); reopening in {:.1f}s", self.stream, exc, delay
+                    "stream {} failed ({}); reopening in {:.1f}s ({} failure(s) in a row)",
+                    self.stream,
+                    exc,
+                    delay,
+                    self.reopen_failures,
                 )
                 await wait_event(stop, delay)
 
+    def _failing(self) -> None:
+        """Count one more failure to (re)open or read; lag and health show it until a read succeeds."""
+        self.reopen_failures += 1
+        if self.reopening_since is None:
+            self.reopening_since = time.time() - (time.monotonic() - self.last_progress)
+
+    def _reading_again(self) -> None:
+        since = self.reopening_since
+        logger.bind(stream=self.stream).info(
+            "stream {} reading again after {} failure(s), {:.0f}s without reading",
+            self.stream,
+            self.reopen_failures,
+            time.time() - since if since is not None else 0.0,
+        )
+        self.reopen_failures, self.reopening_since = 0, None
+
     async def _take_slot(self, stop: asyncio.Event) -> bool:
         """Wait for room in flight, but give up as soon as the pipeline is told to stop."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.25):
-                    await self._slots.acquire()
-                    return True
-        return False
+        if self._slots.locked():
+            self.waiting_for = "room in flight"  # backpressure: alive, not wedged
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.25):
+                        await self._slots.acquire()
+                        return True
+            return False
+        finally:
+            self.waiting_for = None
 
     def _describe(self, exc: StreamFatal) -> None:
         """Attach the checkpoint's times for the operator's log line."""
@@ -231,6 +297,7 @@ class StreamPipeline:
             try:
                 await self._checkpoints.record_gap(gap)
             except Exception as err:
+                raise_if_cancelling()
                 logger.warning("could not record the gap ({}); retrying", type(err).__name__)
                 await wait_event(stop, backoff.next_delay())
                 continue
@@ -283,6 +350,7 @@ class StreamPipeline:
         attempt = 1
         while pending:
             failed = await self._attempt(pending)
+            raise_if_cancelling()  # a library may have turned our cancellation into a failure
             retry: list[_Item] = []
             for i, error in sorted(failed.items()):
                 item = pending[i]
@@ -335,6 +403,7 @@ class StreamPipeline:
         try:
             await self._handler.process([event for _, event in pending], report)
         except Exception as exc:  # a handler bug: fail whatever it did not report
+            raise_if_cancelling()
             for i in range(len(pending)):
                 report(i, exc)
         for i in range(len(pending)):
@@ -352,6 +421,7 @@ class StreamPipeline:
                 await self._dead.put(self.stream, event.token, event.raw, reason)
                 break
             except Exception as exc:
+                raise_if_cancelling()
                 log.warning("dead-letter write failed ({}); retrying", type(exc).__name__)
                 await asyncio.sleep(backoff.next_delay())
         self.stats.dead_lettered += 1
@@ -367,8 +437,9 @@ class StreamPipeline:
 
     async def _drain(self, batcher: asyncio.Task[None]) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._drain_seconds
-        await asyncio.wait([batcher], timeout=self._drain_seconds)
+        # From the moment stop was asked for, not from when the reader came back.
+        deadline = (self._stopping_since or loop.time()) + self._drain_seconds
+        await asyncio.wait([batcher], timeout=max(0.0, deadline - loop.time()))
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - loop.time()))
         leftover = [t for t in (batcher, *self._tasks) if not t.done()]
@@ -382,7 +453,7 @@ class StreamPipeline:
             task.cancel()
         if leftover:
             # Bounded too: a task that swallowed its cancellation must not hold the shutdown.
-            await asyncio.wait(leftover, timeout=5)
+            await asyncio.wait(leftover, timeout=SETTLE_SECONDS)
 
     async def _save_loop(self) -> None:
         while True:
@@ -397,6 +468,7 @@ class StreamPipeline:
                 self.abort()
                 return
             except Exception as exc:
+                raise_if_cancelling()  # else the saver outlives the pipeline it saves for
                 logger.bind(stream=self.stream).warning(
                     "checkpoint save failed ({}); will retry", type(exc).__name__
                 )

@@ -25,11 +25,19 @@ class StreamStats:
     checkpoints_saved: int = 0
     reopens: int = 0
     gaps: int = 0
+    split_events: int = 0  # events over 16 MB reassembled from fragments
+    oversize_skipped: int = 0  # events over 16 MB let through without their documents ("skip")
     # (operationType, outcome) → count, outcome in read | handled | dead_lettered | retried
     by_type: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def count(self, op: str, outcome: str, n: int = 1) -> None:
         self.by_type[(op, outcome)] += n
+
+    def count_size(self, fragments: int, oversize_bytes: int | None) -> None:
+        if fragments > 1:
+            self.split_events += 1
+        if oversize_bytes is not None:
+            self.oversize_skipped += 1
 
 
 def event_logger(event: ChangeEvent) -> Logger:

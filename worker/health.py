@@ -1,14 +1,18 @@
 """``/healthz``, ``/readyz`` and ``/metrics`` on one small asyncio HTTP/1.1 server, no dependency.
 
-Bounded: at most 8 KiB of request head, sent within 5 s; at most 32 connections at once; one
-request per connection. Everything runs on the event loop, so any answer from ``/healthz`` also
-proves the loop is turning.
+Bounded: at most 8 KiB of request head, sent within 2 s; at most 256 connections at once; one
+request per connection. Idle or slow clients cannot starve the probes: when every slot is taken,
+the oldest connection that has not sent its request head yet is dropped to make room for the new
+one. Everything runs on the event loop, so any answer from ``/healthz`` also proves the loop is
+turning. Listens on loopback unless ``health.host`` says otherwise (the container sets 0.0.0.0).
 
-* ``/healthz`` (liveness): 503 when the leader has a stream whose last getMore returned more than
-  ``watchdog_seconds`` ago. A standby (or a worker that is starting or stopping) tails nothing,
-  so only the loop is judged.
-* ``/readyz``: 200 when the role is known (leader or standby), the worker is not stopping and every
-  ready check passes within 2 s.
+* ``/healthz`` (liveness): is the process working? 503 only when the event loop's heartbeat, or a
+  leader's stream, showed no life for ``watchdog_seconds``. A stream is alive while its getMores
+  come back, while it retries reaching MongoDB, and while its reader waits for room in flight
+  (backpressure: a dependency is away and ``/readyz`` says which). Restarting such a worker would
+  only make it exit 3 at start. The systemd watchdog is fed from the same rule (``worker_alive``).
+* ``/readyz``: 200 when the role is known (leader or standby), the worker is not stopping, every
+  ready check passes within 2 s and no stream of the leader is failing to (re)open (``streams``).
 * ``/metrics``: the Prometheus text of the worker's own registry.
 """
 
@@ -24,14 +28,14 @@ import orjson
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from worker.metrics import CONTENT_TYPE, build_registry, render
+from worker.metrics import CONTENT_TYPE, build_registry, render, reopening
 
 if TYPE_CHECKING:
     from worker.service import Worker
 
 MAX_HEAD_BYTES = 8 * 1024
-MAX_CONNECTIONS = 32
-READ_TIMEOUT_SECONDS = 5.0
+MAX_CONNECTIONS = 256
+READ_TIMEOUT_SECONDS = 2.0  # a probe sends its head at once: anything slower is idle or hostile
 CHECK_TIMEOUT_SECONDS = 2.0
 JSON = "application/json"
 KNOWN_ROLES = ("leader", "standby")
@@ -48,15 +52,29 @@ def _stopping(worker: Worker) -> bool:
     return stop is not None and stop.is_set()
 
 
-def worker_progress(worker: Worker) -> float:
-    """For the systemd watchdog: newest ``last_progress`` (monotonic) of the leader's streams.
+def stale_parts(worker: Worker, watchdog_seconds: float) -> dict[str, float]:
+    """Seconds since each part showed life, for those over ``watchdog_seconds``: empty when alive.
 
-    A standby, a starting or a stopping worker tails nothing, so for it the event loop turning is the
-    progress: the caller runs on the loop and gets ``time.monotonic()``.
+    The parts: the event loop (its heartbeat task) and, on a leader that is not stopping, each
+    stream (``alive_at``: a getMore came back, a reopen was tried, or the reader is waiting for room
+    in flight or for its checkpoint). A standby or a stopping worker tails nothing.
     """
-    if _role(worker) != "leader" or _stopping(worker) or not worker.pipelines:
-        return time.monotonic()
-    return max(p.last_progress for p in worker.pipelines)
+    if _stopping(worker):
+        return {}
+    now = time.monotonic()
+    ages: dict[str, float] = {}
+    beat: float | None = getattr(worker, "heartbeat", None)
+    if beat is not None:
+        ages["event loop"] = now - beat
+    if _role(worker) == "leader":
+        for p in worker.pipelines:
+            ages[p.stream] = now - float(getattr(p, "alive_at", p.last_progress))
+    return {part: round(age, 1) for part, age in ages.items() if age > watchdog_seconds}
+
+
+def worker_alive(worker: Worker, watchdog_seconds: float) -> bool:
+    """For the systemd watchdog: the same rule as ``/healthz``."""
+    return not stale_parts(worker, watchdog_seconds)
 
 
 def status_line(worker: Worker) -> str:
@@ -102,6 +120,9 @@ class HealthServer:
         self._check_timeout = check_timeout
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        # Connections still waiting for their request head, oldest first: the ones evicted for room.
+        self._waiting: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
+        self.evicted = 0
 
     @property
     def port(self) -> int:
@@ -126,14 +147,20 @@ class HealthServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        if len(self._connections) >= MAX_CONNECTIONS and self._waiting:
+            self._evict_oldest_waiting()
         busy = len(self._connections) >= MAX_CONNECTIONS
         if task is not None:
             self._connections.add(task)
         try:
-            if busy:
+            if busy:  # every slot is answering a request: nothing idle to drop
                 response = _json(503, {"error": "too many connections"})
             else:
-                response = await self._read_and_answer(reader)
+                self._waiting[writer] = task
+                try:
+                    response = await self._read_and_answer(reader, writer)
+                finally:
+                    self._waiting.pop(writer, None)
             if response:
                 writer.write(response)
                 async with asyncio.timeout(self._read_timeout):
@@ -143,6 +170,7 @@ class HealthServer:
         finally:
             if task is not None:
                 self._connections.discard(task)
+            self._waiting.pop(writer, None)
             writer.close()
             try:
                 async with asyncio.timeout(1.0):
@@ -150,7 +178,16 @@ class HealthServer:
             except Exception:  # a peer that does not read: drop it
                 writer.transport.abort()
 
-    async def _read_and_answer(self, reader: asyncio.StreamReader) -> bytes:
+    def _evict_oldest_waiting(self) -> None:
+        """Drop the oldest connection that has not sent its request head: its slot serves a new one."""
+        writer = next(iter(self._waiting))
+        task = self._waiting.pop(writer)
+        if task is not None:
+            self._connections.discard(task)
+        self.evicted += 1
+        writer.transport.abort()  # its reader sees the connection lost; its task ends by itself
+
+    async def _read_and_answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
         try:
             async with asyncio.timeout(self._read_timeout):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -159,7 +196,8 @@ class HealthServer:
         except asyncio.LimitOverrunError:
             return _json(431, {"error": f"request head over {MAX_HEAD_BYTES} bytes"})
         except asyncio.IncompleteReadError:
-            return b""  # the client went away
+            return b""  # the client went away, or was evicted for room
+        self._waiting.pop(writer, None)  # answering now: no longer idle
         request = head.decode("latin-1").split("\r\n", 1)[0].split(" ")
         if len(request) != 3 or not request[2].startswith("HTTP/1."):
             return _json(400, {"error": "bad request line"})
@@ -186,14 +224,7 @@ class HealthServer:
     def liveness(self) -> tuple[int, dict[str, Any]]:
         worker = self._worker
         role = _role(worker)
-        if role != "leader" or _stopping(worker):
-            return 200, {"status": "ok", "role": role}
-        now = time.monotonic()
-        stale = {
-            p.stream: round(now - p.last_progress, 1)
-            for p in worker.pipelines
-            if now - p.last_progress > self._watchdog
-        }
+        stale = stale_parts(worker, self._watchdog)
         if stale:
             return 503, {
                 "status": "stale",
@@ -201,6 +232,9 @@ class HealthServer:
                 "seconds_since_progress": stale,
                 "watchdog_seconds": self._watchdog,
             }
+        waiting = {p.stream: w for p in worker.pipelines if (w := getattr(p, "waiting_for", None))}
+        if waiting and role == "leader" and not _stopping(worker):
+            return 200, {"status": "ok", "role": role, "waiting_for": waiting}
         return 200, {"status": "ok", "role": role}
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:
@@ -210,13 +244,19 @@ class HealthServer:
         names = list(checks)
         results = await asyncio.gather(*(self._check(checks[name]) for name in names))
         stopping = _stopping(worker)
-        ready = role in KNOWN_ROLES and not stopping and all(r == "ok" for r in results)
+        # A leader's stream that fails to (re)open or read is not ready, whatever the checks say.
+        wall = time.time()
+        failing = {p.stream: state for p in worker.pipelines if (state := reopening(p, wall))}
+        failing = failing if role == "leader" else {}
+        ready = role in KNOWN_ROLES and not stopping and all(r == "ok" for r in results) and not failing
         payload = {
             "ready": ready,
             "role": role,
             "stopping": stopping,
             "checks": dict(zip(names, results, strict=True)),
         }
+        if failing:
+            payload["streams"] = failing
         return (200 if ready else 503), payload
 
     async def _check(self, check: ReadyCheck) -> str:

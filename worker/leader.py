@@ -20,6 +20,7 @@ from enrichment.backoff import wait_event
 from enrichment.errors import FanoutError
 from worker.ports import Lease, LeaseStore
 from worker.settings import LeaderSettings
+from worker.shutdown import raise_if_cancelling
 
 
 def default_owner() -> str:
@@ -50,6 +51,7 @@ class Leadership:
                 async with asyncio.timeout(self._cfg.ttl_seconds):
                     lease = await self._store.acquire(self.owner, self._cfg.ttl_seconds)
             except (FanoutError, TimeoutError) as exc:
+                raise_if_cancelling()  # a driver may turn a cancellation into an error
                 logger.warning("lease store unavailable ({}); still standby", exc)
                 lease = None
             if lease is not None:
@@ -85,6 +87,7 @@ class Leadership:
                 async with asyncio.timeout(max(0.0, deadline - started)):
                     renewed = await self._store.renew(lease, self._cfg.ttl_seconds)
             except (FanoutError, TimeoutError) as exc:
+                raise_if_cancelling()
                 logger.warning("lease renewal failed ({!r}); retrying until the local deadline", exc)
                 continue
             if renewed is None:

@@ -14,12 +14,42 @@ from loguru import logger
 if TYPE_CHECKING:
     from loguru import Record
 
-# user:password@ in any URL-like string: the password is replaced before any sink sees it.
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
+# Query parameters whose values are credentials in some client (pymongo's
+# tlsCertificateKeyFilePassword, redis-py's ?password=, tokens); authSource and the like are not.
+SECRET_PARAM = re.compile(r"pass|pwd|secret|token|credential|api_?key", re.IGNORECASE)
+_TOKEN = re.compile(r"\S*@\S*")  # a URI-like word holding user-info (no whitespace: refused in URIs)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
+_PARAM = re.compile(r"(?P<key>[?&;][^=&;\s]*=)(?P<value>[^&;\s]*)")
+_MECH_PROPS = re.compile(r"((?:TOKEN|SECRET|PASS)[A-Z_]*(?::|%3A))[^,&;\s]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+    """Mask every credential a connection string can carry, in any text, parseable or not.
+
+    User-info: everything between the first ':' after the scheme (or the word's start) and the
+    last '@' of the word, so unencoded '#', '?', '/', '@' or ':' in a password are covered.
+    Query parameters: the value of any whose name says password, secret or token, and the
+    token/secret entries of authMechanismProperties.
+    """
+    return _PARAM.sub(_param, _TOKEN.sub(_userinfo, text))
+
+
+def _userinfo(match: re.Match[str]) -> str:
+    word = match.group()
+    head, _, host = word.rpartition("@")
+    scheme = _SCHEME.search(head)
+    start = scheme.end() if scheme is not None else 0
+    user, colon, _ = head[start:].partition(":")
+    return f"{head[:start]}{user}:***@{host}" if colon else word
+
+
+def _param(match: re.Match[str]) -> str:
+    key, value = match.group("key"), match.group("value")
+    if SECRET_PARAM.search(key):
+        return f"{key}***"
+    if key[1:].lower().startswith("authmechanismproperties"):
+        return key + _MECH_PROPS.sub(r"\1***", value)
+    return match.group()
 
 
 def _patch(record: Record) -> None:
@@ -29,7 +59,22 @@ def _patch(record: Record) -> None:
             record["extra"][key] = redact(value)
     exc = record["exception"]
     if exc is not None and exc.value is not None:
-        exc.value.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.value.args)
+        _redact_exception(exc.value)
+
+
+def _redact_exception(exc: BaseException) -> None:
+    """Redact what a traceback prints of an exception and of every exception it was chained from."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.args = tuple(redact(a) if isinstance(a, str) else a for a in link.args)
+        if isinstance(link, OSError):  # str(OSError) is built from these, not from args
+            if isinstance(link.strerror, str):
+                link.strerror = redact(link.strerror)
+            if isinstance(link.filename, str):
+                link.filename = redact(link.filename)
+        link = link.__cause__ or link.__context__
 
 
 class _Intercept(logging.Handler):

@@ -66,18 +66,29 @@ def change_stream_lag(pipeline: StreamPipeline, now: float) -> float | None:
     """Seconds from the cluster time of the oldest unfinished event to now; 0 when nothing is in flight.
 
     With nothing in flight the worker has finished everything the server returned, so it is caught
-    up: a quiet stream must not show its silence as lag. A disconnected stream also reads 0 here;
-    ``last_progress_age_seconds`` is the signal for that. Until the watermark exposes the oldest
-    pending event (``oldest_pending_time``), the last contiguous handled event stands in for it,
-    which overstates the lag of the first event after a quiet spell.
+    up: a quiet stream must not show its silence as lag. But a stream failing to (re)open or read
+    sees nothing of what is written meanwhile: its lag is at least the time since its last
+    successful read (``reopening_since``), and grows until it reads again. Until the watermark
+    exposes the oldest pending event (``oldest_pending_time``), the last contiguous handled event
+    stands in for it, which overstates the lag of the first event after a quiet spell.
     """
-    if pipeline.in_flight == 0:
-        return 0.0
-    mark = pipeline.watermark
-    oldest: datetime | None = getattr(mark, "oldest_pending_time", None) or mark.event_time
-    if oldest is None:
+    since: float | None = getattr(pipeline, "reopening_since", None)
+    down = None if since is None else max(0.0, now - since)
+    lag: float | None = 0.0
+    if pipeline.in_flight:
+        mark = pipeline.watermark
+        oldest: datetime | None = getattr(mark, "oldest_pending_time", None) or mark.event_time
+        lag = None if oldest is None else max(0.0, now - _epoch_seconds(oldest))
+    return lag if down is None else max(lag or 0.0, down)
+
+
+def reopening(pipeline: StreamPipeline, now: float) -> str | None:
+    """``reopening (3 failures, 42 s)`` while the stream fails to (re)open or read, else None."""
+    since: float | None = getattr(pipeline, "reopening_since", None)
+    if since is None:
         return None
-    return max(0.0, now - _epoch_seconds(oldest))
+    failures = int(getattr(pipeline, "reopen_failures", 0))
+    return f"reopening ({failures} failure{'s' if failures != 1 else ''}, {max(0.0, now - since):.0f} s)"
 
 
 class WorkerCollector(Collector):
@@ -132,6 +143,14 @@ class WorkerCollector(Collector):
             per_stream(lambda p: p.stats.reopens),
         )
         yield _counter(
+            "stream_large_events",
+            "Change events over MongoDB's 16 MB limit: reassembled from fragments (split) or let through "
+            "without their documents and dead-lettered (skipped).",
+            ("stream", "outcome"),
+            [((p.stream, "split"), p.stats.split_events) for p in pipelines]
+            + [((p.stream, "skipped"), p.stats.oversize_skipped) for p in pipelines],
+        )
+        yield _counter(
             "checkpoints_saved",
             "Checkpoints written.",
             stream,
@@ -167,6 +186,18 @@ class WorkerCollector(Collector):
             per_stream(lambda p: change_stream_lag(p, now)),
         )
         yield _gauge(
+            "stream_up",
+            "1 while the change stream reads; 0 while it fails to (re)open or read.",
+            stream,
+            per_stream(lambda p: float(getattr(p, "reopening_since", None) is None)),
+        )
+        yield _gauge(
+            "stream_reopen_failures",
+            "Consecutive failures to (re)open or read the change stream (0 when it reads).",
+            stream,
+            per_stream(lambda p: getattr(p, "reopen_failures", 0)),
+        )
+        yield _gauge(
             "last_progress_age_seconds",
             "Seconds since a change-stream getMore last returned.",
             stream,
@@ -189,12 +220,49 @@ class WorkerCollector(Collector):
             ],
         )
         yield _counter("publisher_reconnects", "Reconnections to RabbitMQ.", (), [((), pub.reconnects)])
+        yield _counter(
+            "rabbitmq_blocked_episodes",
+            "Times RabbitMQ blocked the publishing connection (connection.blocked: a resource alarm).",
+            (),
+            [((), pub.blocked_pauses)],
+        )
+        yield _counter(
+            "rabbitmq_blocked_seconds",
+            "Seconds publishing spent paused by connection.blocked (grows while a block lasts).",
+            (),
+            [((), pub.blocked_seconds)],
+        )
         in_flight: int | None = getattr(rt.publisher, "in_flight", None)
         if in_flight is not None:
             yield _gauge("publishes_in_flight", "Publishes awaiting a confirm.", (), [((), in_flight)])
         posts = rt.posts.stats
         yield _counter("posts_handled", "Posts fanned out.", (), [((), posts.posts)])
         yield _counter("recipients", "Followers a post was fanned out to.", (), [((), posts.recipients)])
+        profiles = rt.profiles.stats
+        yield _counter(
+            "profiles_deleted",
+            "Deleted profiles tombstoned in every cache layer and on every replica.",
+            (),
+            [((), getattr(profiles, "deleted", 0))],
+        )
+        yield _counter(
+            "profile_changes_stale",
+            "Profile changes older than a version already seen (cache layers): not announced.",
+            (),
+            [((), getattr(profiles, "stale", 0))],
+        )
+        yield _counter(
+            "profile_changes_unbumped",
+            "Profile display changes that kept the version already seen with other content.",
+            (),
+            [((), getattr(profiles, "unbumped", 0))],
+        )
+        yield _counter(
+            "follower_ids_skipped",
+            "Follow edges skipped because their follower_id is not a string.",
+            (),
+            [((), getattr(rt.posts, "invalid_follower_ids", 0))],
+        )
 
     def _cache(self) -> Iterator[Metric]:
         cache = self._worker.runtime.cache

@@ -2,8 +2,9 @@
 
 Everything is a no-op when ``NOTIFY_SOCKET`` is unset (not started by systemd with
 ``Type=notify``), and a failed send is logged, never raised: telling systemd must not stop the work.
-The watchdog is pinged only when the pipelines made progress since the previous ping, so a
-worker whose streams are stuck is restarted by systemd although its event loop still turns.
+The watchdog is pinged only while the worker is alive by the same rule as ``/healthz``
+(``worker.health.stale_parts``), so a worker whose streams are wedged is restarted by systemd
+although its event loop still turns, and one that is waiting out a dependency is not.
 """
 
 from __future__ import annotations
@@ -92,22 +93,15 @@ class Notifier:
 
 async def watchdog_loop(
     notifier: Notifier,
-    progress: Callable[[], float],
+    alive: Callable[[], bool],
     interval: float,
     status: Callable[[], str],
 ) -> None:
-    """Every ``interval``: WATCHDOG=1 if ``progress()`` moved since the last ping, then STATUS=.
-
-    ``progress`` returns the newest ``last_progress`` (monotonic) across the pipelines. Runs until
-    cancelled.
-    """
-    last = progress()
+    """Every ``interval``: WATCHDOG=1 if ``alive()``, then STATUS=. Runs until cancelled."""
     while True:
         await asyncio.sleep(interval)
-        current = progress()
-        if current > last:
+        if alive():
             notifier.watchdog()
-            last = current
         try:
             line = status()
         except Exception as exc:  # a status bug must not stop the watchdog

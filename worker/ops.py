@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,10 +17,14 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from enrichment.errors import ConfigError, FanoutError
+from worker import uris
 from worker.adapters.mongo_stores import MongoCheckpointStore, MongoLeaseStore
 from worker.app import POSTS_STREAM, PROFILES_STREAM
+from worker.failures import cause
+from worker.logs import redact
 from worker.ports import Checkpoint
-from worker.settings import Settings, redact_url
+from worker.settings import Settings
+from worker.topology import verify_topology
 
 STREAMS = (POSTS_STREAM, PROFILES_STREAM)
 
@@ -28,6 +34,7 @@ class CheckResult:
     name: str
     ok: bool
     detail: str
+    config_error: bool = False  # a FAIL the operator fixes in the configuration (exit 2)
 
 
 def _mongo(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
@@ -37,10 +44,15 @@ def _mongo(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
     )
 
 
+def _at(parts: uris.Parts, exc: BaseException) -> str:
+    return f"{parts.endpoints()}: {cause(exc)}"
+
+
 async def check(settings: Settings) -> list[CheckResult]:
-    """Reach every service the worker needs; never raises."""
+    """Reach every service the worker needs; never raises. Details name host:port and the cause."""
     results = [CheckResult("config", True, "valid")]
     mongo = _mongo(settings)
+    where = uris.validate_mongo(settings.mongo.uri.get_secret_value())
     try:
         hello = await mongo.admin.command("hello")
         if hello.get("setName") or hello.get("msg") == "isdbgrid":
@@ -48,9 +60,10 @@ async def check(settings: Settings) -> list[CheckResult]:
         else:
             results.append(CheckResult("mongodb", False, "not a replica set: change streams need one"))
     except PyMongoError as exc:
-        results.append(CheckResult("mongodb", False, f"unreachable ({type(exc).__name__})"))
+        results.append(CheckResult("mongodb", False, _at(where, exc)))
     finally:
         await mongo.close()
+    where = uris.validate_redis(settings.redis.url.get_secret_value())
     redis = aioredis.Redis.from_url(
         settings.redis.url.get_secret_value(), socket_connect_timeout=2, socket_timeout=2
     )
@@ -58,18 +71,30 @@ async def check(settings: Settings) -> list[CheckResult]:
         await redis.ping()
         results.append(CheckResult("redis", True, "PONG"))
     except (RedisError, OSError) as exc:
-        results.append(CheckResult("redis", False, f"unreachable ({type(exc).__name__})"))
+        results.append(CheckResult("redis", False, _at(where, exc)))
     finally:
         await redis.aclose()
-    try:
-        connection = await aio_pika.connect(
-            settings.rabbitmq.url.get_secret_value(), timeout=settings.rabbitmq.confirm_timeout_seconds
-        )
-        await connection.close()
-        results.append(CheckResult("rabbitmq", True, "connected"))
-    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
-        results.append(CheckResult("rabbitmq", False, f"unreachable ({type(exc).__name__})"))
+    results.append(await _check_rabbitmq(settings))
     return results
+
+
+async def _check_rabbitmq(settings: Settings) -> CheckResult:
+    q = settings.rabbitmq
+    where = uris.validate_amqp(q.url.get_secret_value())
+    try:
+        connection = await aio_pika.connect(q.url.get_secret_value(), timeout=q.confirm_timeout_seconds)
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        return CheckResult("rabbitmq", False, _at(where, exc))
+    try:
+        async with asyncio.timeout(q.confirm_timeout_seconds):
+            await verify_topology(connection, q.exchange, settings.topology)
+    except ConfigError as exc:
+        return CheckResult("rabbitmq", False, str(exc), config_error=True)
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        return CheckResult("rabbitmq", False, _at(where, exc))
+    finally:
+        await connection.close()
+    return CheckResult("rabbitmq", True, "connected; no exchange or queue conflicts with the config")
 
 
 def format_table(rows: Sequence[tuple[str, ...]]) -> str:
@@ -149,24 +174,39 @@ async def reset_checkpoint(settings: Settings, stream: str, to: datetime, force:
 
 
 def effective_config(settings: Settings) -> str:
-    """The settings as TOML, URLs shown without their passwords."""
+    """The settings as TOML that ``--config`` reads back, credentials masked."""
     lines: list[str] = []
-    for section, values in settings.model_dump().items():
+    for section, values in settings.model_dump(exclude_none=True).items():
+        raw = getattr(settings, section)
+        tables = {k: v for k, v in values.items() if _is_table_list(v)}
         lines.append(f"[{section}]")
         for key, value in values.items():
-            raw = getattr(getattr(settings, section), key)
-            if isinstance(raw, SecretStr):
-                value = redact_url(raw.get_secret_value())
+            if key in tables:
+                continue
+            secret = getattr(raw, key)
+            if isinstance(secret, SecretStr):
+                value = redact(secret.get_secret_value())
             lines.append(f"{key} = {_toml(value)}")
         lines.append("")
+        for key, rows in tables.items():
+            for row in rows:  # an array of tables: [[section.key]]
+                lines.append(f"[[{section}.{key}]]")
+                lines += [f"{k} = {_toml(v)}" for k, v in row.items()]
+                lines.append("")
     return "\n".join(lines)
+
+
+def _is_table_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return repr(value)
+        return repr(value)  # inf and nan are TOML too
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value))  # JSON's string escapes are valid in a TOML basic string

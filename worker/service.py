@@ -2,15 +2,17 @@
 listener, and shuts down in stages.
 
 Shutdown order: stop reading → drain in-flight work within the deadline → save checkpoints →
-release the lease → close clients in reverse order of creation.
+release the lease → close clients in reverse order of creation. Every stage is bounded
+(worker/shutdown.py), so a dependency that is down cannot hold the process: what could not be
+confirmed is not checkpointed and is replayed at the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import signal
+import time
 
 from loguru import logger
 
@@ -20,8 +22,12 @@ from worker.dispatch import EventHandler, StreamPipeline
 from worker.eventlog import StreamStats
 from worker.leader import Leadership
 from worker.ports import Lease
+from worker.shutdown import SETTLE_SECONDS, bounded, settle, until_stopped
 
 GC_GEN0_THRESHOLD = 50_000
+STEP_SECONDS = 1.0  # each shutdown step after the drain: lease release, publisher, each client
+HEARTBEAT_SECONDS = 1.0  # the event-loop heartbeat liveness reads
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: a clean stop, no reload
 
 
 def tune_gc() -> None:
@@ -52,6 +58,8 @@ class Worker:
         self.ready_checks = runtime.checks
         self._stats = {name: StreamStats() for name in runtime.feeds}
         self.hard_stop = False  # a second signal: close without waiting for confirms
+        self.stage = "running"  # what shutdown is doing, for the last-resort guard's line
+        self.heartbeat = time.monotonic()  # moved every second while the event loop turns
 
     @property
     def role(self) -> str:
@@ -75,7 +83,7 @@ class Worker:
         ]
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop gracefully; a second one cancels everything at once."""
+        """SIGTERM/SIGINT/SIGHUP stop gracefully; a second one cancels everything at once."""
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
 
@@ -88,7 +96,7 @@ class Worker:
             logger.info("{} received: stopping", signal.Signals(signum).name)
             self.stop.set()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, on_signal, sig)
 
     async def run(self) -> None:
@@ -97,21 +105,23 @@ class Worker:
         listener = asyncio.create_task(
             self.runtime.bus.run(cache.on_remote_invalidation, cache.l1.clear), name="invalidations"
         )
+        beat = asyncio.create_task(self._beat(), name="heartbeat")
         try:
             if self.leadership is None:
                 await self._term(None)
             while self.leadership is not None and not self.stop.is_set():
-                lease = await self.leadership.acquire(self.stop)
+                # Raced against stop: a lease store that does not answer must not hold a shutdown.
+                lease = await until_stopped(self.leadership.acquire(self.stop), self.stop, 0.0)
                 if lease is None:
                     break
                 await self._term(lease)
         finally:
             self.stop.set()
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            self.stage = "stopping the invalidation listener"
+            await settle([listener, beat], SETTLE_SECONDS)
             if self.leadership is not None:
-                await self.leadership.release()
+                self.stage = "releasing the lease"
+                await bounded("releasing the lease", self.leadership.release(), STEP_SECONDS)
             await self.close()
 
     async def _term(self, lease: Lease | None) -> None:
@@ -133,6 +143,7 @@ class Worker:
         if lease is not None and self.leadership is not None:
             helpers.append(asyncio.create_task(self.leadership.hold(lease, lost), name="lease"))
         tasks = [asyncio.create_task(p.run(term_stop), name=p.stream) for p in pipelines]
+        self.stage = "draining the streams"
         try:
             # A pipeline that ends before stop was asked for has failed: stop the others too.
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -147,20 +158,25 @@ class Worker:
                     raise result
         finally:
             term_stop.set()  # readers exit at their next step even if a cancellation is lost
-            for task in (*tasks, *helpers):
-                task.cancel()
-            await asyncio.gather(*tasks, *helpers, return_exceptions=True)
+            await settle([*tasks, *helpers], SETTLE_SECONDS)
+
+    async def _beat(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _forward_stop(self, term_stop: asyncio.Event) -> None:
         await self.stop.wait()
         term_stop.set()
 
     async def close(self) -> None:
-        drain = 0.0 if self.hard_stop else self.runtime.settings.pipeline.shutdown_deadline_seconds
-        await self.runtime.publisher.close(drain)
+        """Close the publisher, then each client, every one bounded: a dead peer does not answer."""
+        # The streams drained within the deadline already; only a hard stop skips the confirms.
+        drain = 0.0 if self.hard_stop else STEP_SECONDS
+        self.stage = "closing the publisher"
+        await bounded("closing the publisher", self.runtime.publisher.close(drain), drain + 2 * STEP_SECONDS)
+        self.stage = "closing the clients"
         for close in reversed(self.runtime.closers):
-            try:
-                await close()
-            except Exception as exc:  # closing must go on for the rest
-                logger.warning("error while closing a client: {}", type(exc).__name__)
+            await bounded("closing a client", close(), STEP_SECONDS)
+        self.stage = "stopped"
         logger.info("fanout-worker stopped")

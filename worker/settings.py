@@ -1,14 +1,20 @@
 """One settings model: ``config.toml`` overridden by ``FANOUT_*`` environment variables.
 
 Nested fields use ``__``: ``FANOUT_RABBITMQ__URL`` sets ``rabbitmq.url``. URLs are SecretStr so
-credentials never reach a repr, a log line or ``fanout-worker config``.
+credentials never reach a repr, a log line or ``fanout-worker config``; they are validated (scheme,
+host, port, the client library's own parser) when the settings load. A ``FANOUT_`` variable that
+names no setting is refused, except those under ``IGNORED_ENV_PREFIXES``. Numbers are strict: a
+boolean is not a number.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -16,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -25,13 +32,32 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings.exceptions import SettingsError
 
 from enrichment.errors import ConfigError
-from worker.topology import TopologySettings, check_name
+from worker import uris
+from worker.topology import TopologySettings, check_name, no_bool_numbers
+
+ENV_PREFIX = "FANOUT_"
+# FANOUT_ variables that are not settings: the test suite's (service URLs, fault durations).
+IGNORED_ENV_PREFIXES = ("FANOUT_TEST_", "FANOUT_FAULT_")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return no_bool_numbers(cls, value, info)
+
+
+def _uri(check: Any, value: SecretStr) -> SecretStr:
+    try:
+        check(value.get_secret_value())
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None  # the message names the problem, never the URI
+    return value
 
 
 class MongoSettings(_Section):
@@ -48,6 +74,15 @@ class MongoSettings(_Section):
     max_await_time_ms: int = Field(1_000, gt=0, le=60_000)
     change_batch_size: int = Field(500, gt=0)
     follower_batch_size: int = Field(1_000, gt=0)
+    # What a change event over the server's 16 MB limit does: "split" reassembles the fragments of
+    # $changeStreamSplitLargeEvent (MongoDB 7.0+, 6.0.9+) and fails like "fail" on older servers;
+    # "fail" stops the worker (exit 4); "skip" lets it through without its document, dead-lettered.
+    large_events: Literal["split", "fail", "skip"] = "split"
+
+    @field_validator("uri")
+    @classmethod
+    def _valid_uri(cls, value: SecretStr) -> SecretStr:
+        return _uri(uris.validate_mongo, value)
 
 
 class RedisSettings(_Section):
@@ -62,6 +97,11 @@ class RedisSettings(_Section):
     breaker_threshold: int = Field(3, gt=0)
     breaker_cooldown_seconds: float = Field(5.0, gt=0)
 
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: SecretStr) -> SecretStr:
+        return _uri(uris.validate_redis, value)
+
 
 class RabbitSettings(_Section):
     url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
@@ -69,6 +109,11 @@ class RabbitSettings(_Section):
     publish_window: int = Field(256, gt=0, le=65_535)
     confirm_timeout_seconds: float = Field(10.0, gt=0)
     reconnect_max_seconds: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: SecretStr) -> SecretStr:
+        return _uri(uris.validate_amqp, value)
 
 
 class CacheSettings(_Section):
@@ -107,7 +152,7 @@ class LeaderSettings(_Section):
 
 class HealthSettings(_Section):
     enabled: bool = True
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback: exposing the listener is a decision (the container sets 0.0.0.0)
     port: int = Field(9464, ge=0, le=65535)
     watchdog_seconds: float = Field(60.0, gt=0)
 
@@ -202,9 +247,12 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
         if not path.is_file():
             raise ConfigError(f"config file {path}: not found or not a file")
         try:
-            path.read_bytes()
+            tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
-            raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from exc
+            raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    check_environment(os.environ)
     # A subclass per call carries the file path, so nothing global is mutated.
     config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
     bound: type[Settings] = type("Settings", (Settings,), {"model_config": config})
@@ -212,26 +260,38 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
         return bound(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-    except ValueError as exc:  # a TOML syntax error surfaces as tomllib.TOMLDecodeError
-        raise ConfigError(f"config file {path}: {exc}") from None
+    except SettingsError as exc:  # a FANOUT_<SECTION> (or list) variable that is not JSON
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else f"a {ENV_PREFIX} variable"
+        raise ConfigError(f"environment variable {name}: not valid JSON") from None
+
+
+def env_names() -> list[str]:
+    """Every variable that sets something: FANOUT_<SECTION> (JSON) and FANOUT_<SECTION>__<KEY>."""
+    names = []
+    for section, info in Settings.model_fields.items():
+        names.append(f"{ENV_PREFIX}{section.upper()}")
+        fields = getattr(info.annotation, "model_fields", {})
+        names += [f"{ENV_PREFIX}{section.upper()}__{key.upper()}" for key in fields]
+    return names
+
+
+def check_environment(environ: Any) -> None:
+    """Refuse a FANOUT_ variable that names no setting (a typo would be ignored otherwise)."""
+    valid = env_names()
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(IGNORED_ENV_PREFIXES) or upper in valid:
+            continue
+        close = difflib.get_close_matches(upper, valid, n=1)
+        hint = f"; did you mean {close[0]}?" if close else "; see config.toml for the settings"
+        raise ConfigError(f"environment variable {name} names no setting{hint}")
 
 
 def _describe(exc: ValidationError) -> str:
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "(root)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    message = first["msg"].removeprefix("Value error, ")
     # Never echo the input: it may be a URL with a password in it.
-    return f"invalid setting {field}: {first['msg']}{more}"
-
-
-def redact_url(url: str) -> str:
-    """``scheme://user:***@host/path`` — the password never leaves the process."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    return f"invalid setting {field}: {message}{more}"

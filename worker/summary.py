@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from worker.metrics import change_stream_lag
+from worker.metrics import change_stream_lag, reopening
 from worker.service import Worker
 
 
@@ -42,7 +42,9 @@ def summary_line(worker: Worker, before: _Totals, now: _Totals) -> str:
     hit_rate = f"{100 * (now.hits - before.hits) / lookups:.0f}%" if lookups else "-"
     wall = time.time()
     lags = [
-        f"{p.stream} {lag:.1f}s" for p in worker.pipelines if (lag := change_stream_lag(p, wall)) is not None
+        f"{p.stream} {lag:.1f}s" + (f" {state}" if (state := reopening(p, wall)) else "")
+        for p in worker.pipelines
+        if (lag := change_stream_lag(p, wall)) is not None
     ]
     in_flight = sum(p.in_flight for p in worker.pipelines)
     return (

@@ -13,23 +13,29 @@ fresh broker. ``declare_topology`` declares, idempotently:
 
 A queue's or exchange's arguments cannot be changed by re-declaring it. When one already exists with
 other arguments, RabbitMQ answers PRECONDITION_FAILED (406) and **closes the channel**; this raises
-ConfigError naming it and saying how to resolve it. The channel is unusable afterwards: a caller
-that goes on must open a fresh one. ``ensure_topology`` does all of that on its own connection.
+ConfigError naming it, what differs (as the broker tells) and how to resolve it: a configuration
+error (exit 2), never "unreachable". The channel is unusable afterwards: a caller that goes on must
+open a fresh one. ``ensure_topology`` does all of that on its own connection; ``verify_topology``
+(``fanout-worker check``) finds the same mismatches without creating anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any, Literal, Self, TypeVar
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Self, TypeVar, get_args
 
 import aio_pika
-from aio_pika.abc import AbstractChannel
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelPreconditionFailed
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity, ChannelPreconditionFailed
 from aiormq.exceptions import ChannelAccessRefused
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from enrichment.errors import ConfigError, ServiceUnavailable
+from worker import uris
+from worker.failures import cause
 
 T = TypeVar("T")
 DLQ_SUFFIX = ".queue"
@@ -40,6 +46,16 @@ def check_name(value: str) -> str:
         raise ValueError("names starting with 'amq.' are reserved by RabbitMQ")
     if len(value.encode()) > 255:
         raise ValueError("RabbitMQ names are at most 255 bytes")
+    return value
+
+
+def no_bool_numbers(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A before-validator: TOML ``true`` is not the number 1 (pydantic would cast it)."""
+    if isinstance(value, bool) and info.field_name is not None:
+        annotation = model.model_fields[info.field_name].annotation
+        kinds = get_args(annotation) or (annotation,)
+        if bool not in kinds and (int in kinds or float in kinds):
+            raise ValueError("must be a number, not true or false")
     return value
 
 
@@ -54,6 +70,11 @@ class QueueSpec(BaseModel):
     durable: bool = True
     dead_letter_exchange: str | None = Field(None, min_length=1)
     message_ttl_ms: int | None = Field(None, ge=0)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return no_bool_numbers(cls, value, info)
 
     @field_validator("name", "dead_letter_exchange")
     @classmethod
@@ -105,29 +126,103 @@ class TopologySettings(BaseModel):
         return sorted({q.dead_letter_exchange for q in self.queues if q.dead_letter_exchange})
 
 
-async def _guard(
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)' for (?:exchange|queue) '.*' in vhost '(?P<vhost>.*)': "
+    r"received (?P<received>.*) but current is (?P<current>.*)$"
+)
+
+
+def precondition_error(
+    kind: str, name: str, wanted: str, reply: str, section: str = "topology"
+) -> ConfigError:
+    """One line for a 406 on declare: the object, what differs (as the broker tells), the remedy."""
+    found = _INEQUIVALENT.search(reply)
+    vhost = found.group("vhost") if found else "VHOST"
+    if found:
+        differs = (
+            f"its {found.group('arg')} is {found.group('current')}, "
+            f"fanout-worker declares {found.group('received')}"
+        )
+    else:
+        differs = f"fanout-worker declares {wanted}"
+    if kind == "queue":
+        delete, change = f"rabbitmqctl delete_queue -p {vhost} {name}", f"change [{section}] to match it"
+    else:
+        delete = f"rabbitmqadmin -V {vhost} delete exchange name={name}"
+        change = (
+            "use another name in the config (rabbitmq.exchange or [topology])"
+            if section == "topology"
+            else f"use another name in [{section}]"
+        )
+    return ConfigError(
+        f"RabbitMQ {kind} {name!r} already exists with different arguments: {differs} "
+        f"(PRECONDITION_FAILED). Delete it (`{delete}`; a queue's messages are lost) so it is "
+        f"declared anew, or {change}."
+    )
+
+
+async def guard(
     kind: str, name: str, wanted: str, step: Awaitable[T], action: str = "declare", section: str = "topology"
 ) -> T:
-    """Run one declare or bind; turn the broker's refusals into ConfigError naming the object."""
+    """Run one declare or bind; turn the broker's refusals into ConfigError naming the object.
+
+    A refusal closes the channel: a caller that goes on must open a fresh one.
+    """
     try:
         return await step
     except ChannelPreconditionFailed as exc:
-        if kind == "queue":
-            delete = f"rabbitmqctl delete_queue -p VHOST {name}"
-        else:
-            delete = f"rabbitmqadmin -V VHOST delete exchange name={name}"
-        raise ConfigError(
-            f"RabbitMQ {kind} {name!r} already exists with different arguments (type, durability or "
-            f"x-arguments) than the config asks for ({wanted}); the broker says: {exc}. To resolve it, "
-            f"delete the existing {kind} (`{delete}`; a queue's messages are lost) so it is declared "
-            f"anew, or change [{section}] in the config to match it. This channel is closed now; "
-            f"open a fresh one before going on."
-        ) from None
+        raise precondition_error(kind, name, wanted, str(exc), section) from None
     except ChannelAccessRefused as exc:
         raise ConfigError(
             f"RabbitMQ refused to {action} {kind} {name!r}: {exc}. Grant the user the permissions "
             f"it needs (configure; read/write to bind), or set {section}.declare = false."
         ) from None
+
+
+@dataclass(frozen=True)
+class _Declaration:
+    kind: Literal["exchange", "queue"]
+    name: str
+    wanted: str
+    declare: Callable[[AbstractChannel], Awaitable[Any]]  # the active declare
+
+    async def exists(self, channel: AbstractChannel) -> bool:
+        """A passive declare; a missing object closes the channel."""
+        try:
+            if self.kind == "exchange":
+                await channel.declare_exchange(self.name, passive=True)
+            else:
+                await channel.declare_queue(self.name, passive=True)
+        except ChannelNotFoundEntity:
+            return False
+        return True
+
+
+def _exchange(name: str, kind: aio_pika.ExchangeType) -> _Declaration:
+    return _Declaration(
+        "exchange",
+        name,
+        f"durable {kind.value}",
+        lambda channel: channel.declare_exchange(name, kind, durable=True),
+    )
+
+
+def _queue(name: str, durable: bool, args: dict[str, Any]) -> _Declaration:
+    return _Declaration(
+        "queue",
+        name,
+        f"{'durable' if durable else 'transient'}, {args}",
+        lambda channel: channel.declare_queue(name, durable=durable, arguments=args),
+    )
+
+
+def _declarations(exchange_name: str, topology: TopologySettings) -> list[_Declaration]:
+    plan = [_exchange(exchange_name, aio_pika.ExchangeType.TOPIC)]
+    for dlx_name in topology.dead_letter_exchanges():
+        plan.append(_exchange(dlx_name, aio_pika.ExchangeType.FANOUT))
+        plan.append(_queue(f"{dlx_name}{DLQ_SUFFIX}", True, {"x-queue-type": "quorum"}))
+    plan += [_queue(spec.name, spec.durable, spec.arguments()) for spec in topology.queues]
+    return plan
 
 
 async def declare_topology(channel: AbstractChannel, exchange_name: str, topology: TopologySettings) -> None:
@@ -142,38 +237,37 @@ async def declare_topology(channel: AbstractChannel, exchange_name: str, topolog
         raise ConfigError(
             f"topology: {exchange_name!r} is the fan-out exchange; it cannot be a dead-letter one"
         )
-    exchange = await _guard(
-        "exchange",
-        exchange_name,
-        "durable topic",
-        channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True),
-    )
+    declared = {}
+    for item in _declarations(exchange_name, topology):
+        declared[item.name] = await guard(item.kind, item.name, item.wanted, item.declare(channel))
     for dlx_name in topology.dead_letter_exchanges():
-        dlx = await _guard(
-            "exchange",
-            dlx_name,
-            "durable fanout",
-            channel.declare_exchange(dlx_name, aio_pika.ExchangeType.FANOUT, durable=True),
-        )
         dlq_name = f"{dlx_name}{DLQ_SUFFIX}"
-        dlq_args: dict[str, Any] = {"x-queue-type": "quorum"}
-        dlq = await _guard(
-            "queue",
-            dlq_name,
-            f"durable, {dlq_args}",
-            channel.declare_queue(dlq_name, durable=True, arguments=dlq_args),
-        )
-        await _guard("queue", dlq_name, f"bound to {dlx_name}", dlq.bind(dlx, routing_key=""), "bind")
+        bind = declared[dlq_name].bind(declared[dlx_name], routing_key="")
+        await guard("queue", dlq_name, f"bound to {dlx_name}", bind, "bind")
     for spec in topology.queues:
-        args = spec.arguments()
-        wanted = f"{'durable' if spec.durable else 'transient'}, {args}"
-        queue = await _guard(
-            "queue", spec.name, wanted, channel.declare_queue(spec.name, durable=spec.durable, arguments=args)
-        )
         for key in spec.bindings:
-            await _guard(
-                "queue", spec.name, f"bound to {key!r}", queue.bind(exchange, routing_key=key), "bind"
-            )
+            bind = declared[spec.name].bind(declared[exchange_name], routing_key=key)
+            await guard("queue", spec.name, f"bound to {key!r}", bind, "bind")
+
+
+async def verify_topology(
+    connection: AbstractConnection, exchange_name: str, topology: TopologySettings
+) -> None:
+    """Raise ConfigError if the exchange or a configured queue exists with other arguments.
+
+    Creates nothing: what is missing is left for ``run`` to declare. What exists is declared
+    again with the worker's arguments, a no-op unless they differ. Each probe has its own channel,
+    since the broker closes a channel on 404 and 406.
+    """
+    plan = _declarations(exchange_name, topology)
+    for item in plan if topology.declare else plan[:1]:
+        probe = await connection.channel()
+        if not await item.exists(probe):
+            continue
+        await probe.close()
+        channel = await connection.channel()
+        await guard(item.kind, item.name, item.wanted, item.declare(channel))
+        await channel.close()
 
 
 async def ensure_topology(
@@ -191,4 +285,5 @@ async def ensure_topology(
             channel = await asyncio.wait_for(connection.channel(), timeout_seconds)
             await asyncio.wait_for(declare_topology(channel, exchange_name, topology), timeout_seconds)
     except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
-        raise ServiceUnavailable(f"RabbitMQ is unreachable: {type(exc).__name__}") from None
+        where = uris.validate_amqp(url).endpoints()
+        raise ServiceUnavailable(f"RabbitMQ is unreachable: {where}: {cause(exc)}") from None

@@ -12,10 +12,12 @@ this module answers, from a handler running on those threads:
   Every batch carries ``postBatchResumeToken``: the last event's token, or for an empty batch a
   fresh high-water-mark token (which ``resumeAfter`` accepts as well). At most ``batch_limit``
   events per batch, so that tests see several batches;
-* ``killCursors`` and ``endSessions`` with ``{ok: 1}`` so that closing never hangs.
+* ``killCursors`` and ``endSessions`` with ``{ok: 1}`` so that closing never hangs;
+* ``buildInfo`` with ``version`` (default 7.0.2: a server that has ``$changeStreamSplitLargeEvent``).
 
 The log holds what the server sends *after* the user's pipeline: the server does not evaluate
-``$match``; a test appends exactly the events the stream is expected to return.
+``$match``; a test appends exactly the events the stream is expected to return, fragments of a
+split event included (``split_update``).
 
 Faults are queued per command name with ``inject`` and consumed by the next request of that name,
 before it runs: ``HANGUP`` closes the connection without a reply; a ``ServerError`` is replied as
@@ -81,6 +83,7 @@ class _Cursor:
 @dataclass
 class ChangeStreamServer:
     batch_limit: int = 2
+    version: str = "7.0.2"
     server: MockupDB = field(init=False)
     commands: list[Doc] = field(default_factory=list)
     post_batch_tokens: list[Doc] = field(default_factory=list)
@@ -130,6 +133,30 @@ class ChangeStreamServer:
             {"_id": key, **full_document},
             {"updateDescription": {"updatedFields": updated, "removedFields": []}},
         )
+
+    def split_update(self, coll: str, key: str, updated: Doc, full_document: Doc, of: int) -> list[Doc]:
+        """Append an update event as ``of`` fragments, as ``$changeStreamSplitLargeEvent`` sends it.
+
+        Each fragment has its own token and ``splitEvent: {fragment, of}``; the top-level fields are
+        dealt out in order (the last fragment holds ``fullDocument``). Returns the fragments.
+        """
+        whole = self.update(coll, key, updated, full_document)
+        with self._lock:  # ``update`` logged the whole event: replace it by its fragments
+            log = self._logs[coll]
+            log.pop()
+            self._positions.pop(whole["_id"]["_data"])
+        fields = [(k, v) for k, v in whole.items() if k != "_id"]
+        per = -(-len(fields) // of)
+        fragments: list[Doc] = []
+        for i in range(of):
+            seq = next(self._seq)
+            chunk = fields[i * per : (i + 1) * per] if i < of - 1 else fields[i * per :]
+            fragment = {"_id": self._token(seq), "splitEvent": {"fragment": i + 1, "of": of}, **dict(chunk)}
+            fragments.append(fragment)
+            with self._lock:
+                log.append(_Entry(seq, fragment, fragment["_id"]))
+                self._positions[fragment["_id"]["_data"]] = (coll, len(log))
+        return fragments
 
     def drop(self, coll: str, *, deliver_invalidate: bool) -> Doc:
         """Append the collection's drop: every cursor reaching it ends (cursor id 0).
@@ -222,6 +249,9 @@ class ChangeStreamServer:
                 reply = {"cursorsKilled": doc.get("cursors", []), "ok": 1}
             elif name == "endSessions":
                 reply = {"ok": 1}
+            elif lname == "buildinfo":
+                numbers = [int(p) for p in self.version.split(".")]
+                reply = {"version": self.version, "versionArray": [*numbers, 0], "ok": 1}
             else:
                 reply = {"ok": 0, "code": 59, "errmsg": f"no such command: {name!r}"}
         return bool(request.replies(reply))

@@ -18,11 +18,11 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
-from enrichment.errors import ServiceUnavailable, StreamFatal
-from handlers.events import ChangeEvent
+from enrichment.errors import EventTooLarge, InvalidEvent, ServiceUnavailable, StreamFatal
+from handlers.events import POST_EVENT_FIELDS, PROFILE_EVENT_FIELDS, ChangeEvent, parse_new_post
 from tests.adapters.mockup_helpers import HANGUP, ChangeStreamServer, Fault, ServerError
-from worker.adapters.mongo_feed import MongoChangeCursor, MongoChangeFeed
-from worker.app import PROFILE_OPS
+from worker.adapters.mongo_feed import LargeEvents, MongoChangeCursor, MongoChangeFeed
+from worker.app import POST_OPS, PROFILE_OPS
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -51,12 +51,28 @@ async def client(mongo: ChangeStreamServer) -> AsyncIterator[Client]:
         await c.close()
 
 
-def posts_feed(client: Client) -> MongoChangeFeed:
-    return MongoChangeFeed(client["social"]["posts"], "posts", ("insert",), False, 50, 100)
+def posts_feed(client: Client, large_events: LargeEvents = "split") -> MongoChangeFeed:
+    return MongoChangeFeed(
+        client["social"]["posts"], "posts", POST_OPS, False, 50, 100, POST_EVENT_FIELDS, large_events
+    )
 
 
-def profiles_feed(client: Client) -> MongoChangeFeed:
-    return MongoChangeFeed(client["social"]["profiles"], "profiles", PROFILE_OPS, True, 50, 100)
+def profiles_feed(client: Client, large_events: LargeEvents = "split") -> MongoChangeFeed:
+    return MongoChangeFeed(
+        client["social"]["profiles"],
+        "profiles",
+        PROFILE_OPS,
+        True,
+        50,
+        100,
+        PROFILE_EVENT_FIELDS,
+        large_events,
+    )
+
+
+POSTS_MATCH = {"$match": {"operationType": {"$in": ["insert"]}}}
+PROFILES_MATCH = {"$match": {"operationType": {"$in": ["insert", "update", "replace", "delete"]}}}
+SPLIT = {"$changeStreamSplitLargeEvent": {}}
 
 
 def key(event: ChangeEvent | None) -> Any:
@@ -119,8 +135,22 @@ async def test_posts_feed_resumes_after_the_checkpoint_with_our_match_and_no_loo
     assert stage["resumeAfter"] == p1["_id"]
     assert "fullDocument" not in stage
     assert "startAfter" not in stage and "startAtOperationTime" not in stage
-    # and our operationType filter follows the $changeStream stage
-    assert agg["pipeline"][1:] == [{"$match": {"operationType": {"$in": ["insert"]}}}]
+    # and our operationType filter follows the $changeStream stage, then the projection to the fields
+    # the handlers read, then (the server is 7.0) the split stage, last
+    posts_project = {
+        "$project": {
+            "_id": 1,
+            "operationType": 1,
+            "clusterTime": 1,
+            "documentKey": 1,
+            "ns": 1,
+            "fullDocument._id": 1,
+            "fullDocument.author_id": 1,
+            "fullDocument.text": 1,
+            "fullDocument.created_at": 1,
+        }
+    }
+    assert agg["pipeline"][1:] == [POSTS_MATCH, posts_project, SPLIT]
     # and batch size and await time reach the server
     assert agg["cursor"] == {"batchSize": 100}
     get_mores = mongo.named("getMore")
@@ -145,7 +175,17 @@ async def test_profiles_feed_asks_for_update_lookup(mongo: ChangeStreamServer, c
     stage = change_stream_stage(agg)
     assert stage["resumeAfter"] == u1["_id"]
     assert stage["fullDocument"] == "updateLookup"
-    assert agg["pipeline"][1:] == [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}]
+    project = agg["pipeline"][2]["$project"]
+    assert agg["pipeline"][1:] == [PROFILES_MATCH, {"$project": project}, SPLIT]
+    # the profile's display fields, its version and the update's diff; nothing else of the document
+    assert {k for k in project if k.startswith("fullDocument.")} == {
+        "fullDocument._id",
+        "fullDocument.version",
+        "fullDocument.username",
+        "fullDocument.display_name",
+        "fullDocument.avatar_url",
+    }
+    assert {"_id", "updateDescription.updatedFields", "updateDescription.removedFields"} <= set(project)
 
 
 async def test_without_a_checkpoint_the_stream_starts_from_now(
@@ -383,3 +423,148 @@ async def test_other_server_errors_surface_as_service_unavailable_without_the_ur
     assert info.value.__cause__.code == code
     assert len(mongo.named("aggregate")) == 1  # not resumed by the driver
     assert mongo.pending_faults() == 0
+
+
+# -- 8. events over 16 MB: the split stage, fragments, BSONObjectTooLarge ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "policy", "tail"),
+    [
+        pytest.param("7.0.2", "split", [SPLIT], id="7.0-splits"),
+        pytest.param("6.0.9", "split", [SPLIT], id="6.0.9-splits"),
+        pytest.param("6.0.8", "split", [], id="6.0.8-cannot"),
+        pytest.param("6.3.1", "split", [], id="6.3-rapid-release-cannot"),
+        pytest.param("5.0.14", "split", [], id="5.0-cannot"),
+        pytest.param("7.0.2", "fail", [], id="fail-never-splits"),
+        pytest.param("7.0.2", "skip", ["skip"], id="skip-marks-oversize-events"),
+    ],
+)
+async def test_the_split_stage_is_added_last_only_where_the_server_has_it(
+    mongo: ChangeStreamServer, client: Client, version: str, policy: LargeEvents, tail: list[Any]
+) -> None:
+    mongo.version = version
+    async with posts_feed(client, policy).open(resume_after=None):
+        pass
+    (agg,) = mongo.named("aggregate")
+    stages = agg["pipeline"][1:]
+    assert stages[0] == POSTS_MATCH and list(stages[1]) == ["$project"]
+    if tail == ["skip"]:
+        (skip,) = stages[2:]
+        assert list(skip["$set"]) == ["fanoutOversizeBytes", "fullDocument", "updateDescription"]
+        # each document is measured, never $$ROOT (measuring an oversize event fails like sending it)
+        assert "$$ROOT" not in repr(skip) and "$bsonSize" in repr(skip)
+    else:
+        assert stages[2:] == tail
+    # the version is read once per open, and only when it matters
+    assert len(mongo.named("buildInfo")) == (1 if policy == "split" else 0)
+
+
+async def test_fragments_are_reassembled_into_one_event_checkpointed_at_the_last_fragment(
+    mongo: ChangeStreamServer, client: Client
+) -> None:
+    # Given a checkpoint at u1, then an update split in three fragments, then another update
+    u1 = mongo.update("profiles", "u1", {"display_name": "A"}, {"display_name": "A", "version": 1})
+    full = {"display_name": "B" * 100, "username": "bee", "version": 2}
+    fragments = mongo.split_update("profiles", "u2", {"display_name": "B" * 100}, full, of=3)
+    mongo.update("profiles", "u3", {"display_name": "C"}, {"display_name": "C", "version": 3})
+
+    async with profiles_feed(client).open(resume_after=u1["_id"]) as cursor:
+        # (two per batch: the fragments span two batches; the connection drops between them)
+        mongo.inject("getMore", HANGUP)
+        events = await drain(cursor)
+
+    # Then the handler sees one whole event, without splitEvent, fields of every fragment merged
+    assert [key(e) for e in events] == ["u2", "u3"]
+    whole = events[0]
+    assert whole.fragments == 3
+    assert "splitEvent" not in whole.raw
+    assert whole.op == "update"
+    assert whole.full_document == {"_id": "u2", **full}
+    assert whole.raw["updateDescription"]["updatedFields"] == {"display_name": "B" * 100}
+    # and its token, the checkpoint position, is the last fragment's
+    assert whole.token == fragments[-1]["_id"] == whole.raw["_id"]
+    # and after the dropped connection the driver resumed from the fragment it had last returned
+    assert change_stream_stage(mongo.named("aggregate")[1])["resumeAfter"] == fragments[1]["_id"]
+    assert mongo.named("aggregate")[1]["pipeline"][-1] == SPLIT
+
+
+async def test_while_an_event_is_incomplete_the_resume_token_stays_before_its_first_fragment(
+    mongo: ChangeStreamServer, client: Client
+) -> None:
+    u1 = mongo.update("profiles", "u1", {"display_name": "A"}, {"display_name": "A", "version": 1})
+    fragments = mongo.split_update("profiles", "u2", {"username": "b"}, {"username": "b", "version": 2}, of=2)
+    with mongo._lock:  # hold the last fragment back, as if it had not been sent yet
+        held = mongo._logs["profiles"].pop()
+
+    async with profiles_feed(client).open(resume_after=u1["_id"]) as cursor:
+        # When only the first fragment has come
+        assert await cursor.try_next() is None
+        assert fragments[0]["_id"] in mongo.post_batch_tokens  # the server sent it
+        assert mongo.post_batch_tokens[-1] not in (u1["_id"], fragments[0]["_id"])  # and moved past it
+        # Then the cursor's resume token is still the one before the event, never past a fragment
+        assert cursor.resume_token == u1["_id"]
+        # and once the last fragment comes, the whole event and its last token
+        with mongo._lock:
+            mongo._logs["profiles"].append(held)
+        (event,) = await drain(cursor)
+        assert event.token == fragments[1]["_id"]
+
+
+async def test_a_fragment_out_of_order_reopens_before_the_event(
+    mongo: ChangeStreamServer, client: Client
+) -> None:
+    u1 = mongo.update("profiles", "u1", {"display_name": "A"}, {"display_name": "A", "version": 1})
+    mongo.split_update("profiles", "u2", {"username": "b"}, {"username": "b", "version": 2}, of=2)
+    with mongo._lock:  # lose the first fragment
+        del mongo._logs["profiles"][1]
+
+    async with profiles_feed(client).open(resume_after=u1["_id"]) as cursor:
+        with pytest.raises(ServiceUnavailable, match="out of order"):
+            await cursor.try_next()
+        assert cursor.resume_token is not None
+
+
+@pytest.mark.parametrize("command", ["getMore", "aggregate"])
+async def test_bson_object_too_large_is_event_too_large_and_never_retried(
+    mongo: ChangeStreamServer, client: Client, command: str
+) -> None:
+    # A server without the split stage fails the stream on the event over 16 MB
+    mongo.version = "6.0.5"
+    p1 = mongo.insert("posts", "p1", author_id="a", text="x")
+    too_large = ServerError(10334, "BSONObj size: 16804398 (0x1006A2E) is invalid. Size must be ...")
+
+    async def open_and_read() -> None:
+        if command == "aggregate":
+            mongo.inject("aggregate", too_large)
+        async with posts_feed(client).open(resume_after=p1["_id"]) as cursor:
+            mongo.inject("getMore", too_large)
+            await cursor.try_next()
+
+    with pytest.raises(EventTooLarge) as info:
+        await open_and_read()
+
+    assert isinstance(info.value, StreamFatal)  # exit 4, like history lost
+    assert (info.value.stream, info.value.code) == ("posts", 10334)
+    assert "16 MB" in info.value.reason
+    assert len(mongo.named("aggregate")) == 1  # neither the driver nor the adapter tried again
+
+
+async def test_an_event_marked_oversize_reaches_the_handler_as_an_invalid_event(
+    mongo: ChangeStreamServer, client: Client
+) -> None:
+    # Under "skip" the server's last stage leaves the documents out and marks the event with their size
+    p1 = mongo.insert("posts", "p1", author_id="a", text="x")
+    mongo.insert("posts", "p2", author_id="a", text="x")
+    with mongo._lock:
+        event = mongo._logs["posts"][-1].event
+        assert event is not None
+        del event["fullDocument"]
+        event["fanoutOversizeBytes"] = 17_000_000
+
+    async with posts_feed(client, "skip").open(resume_after=p1["_id"]) as cursor:
+        (got,) = await drain(cursor)
+
+    assert got.oversize_bytes == 17_000_000
+    with pytest.raises(InvalidEvent, match="16 MB"):
+        parse_new_post(got, 1000)

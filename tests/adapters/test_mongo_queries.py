@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId, json_util
+from loguru import logger
 from mongomock_motor import AsyncMongoMockClient
 
 from enrichment.errors import Deposed
@@ -132,6 +133,41 @@ async def test_followers_stream_can_be_abandoned_part_way(db: Any) -> None:
     first = await anext(stream)
     await stream.aclose()  # closes the cursor
     assert first[:3] == ["f000", "f001", "f002"]
+
+
+async def test_duplicate_edges_stream_adjacent_and_sorted_across_batches(db: Any) -> None:
+    # Given repeated follow edges (no unique index), a repeated self-edge, spread over batches
+    await db.follows.insert_many(
+        [{"followee_id": "m", "follower_id": f} for f in ["z", "b", "m", "b", "a", "m", "z", "b"]]
+    )
+    graph = MongoFollowerGraph(db.follows, batch_size=3)
+    # When streamed
+    pages = [p async for p in graph.follower_pages("m")]
+    # Then the ids come in ascending order across pages, so repeats are adjacent (the port's contract)
+    # (mongomock hands the whole result as one page; the memory twin's pages cover the boundaries)
+    assert [f for p in pages for f in p] == ["a", "b", "b", "b", "m", "m", "z", "z"]
+
+
+async def test_non_string_follower_ids_are_counted_and_warned_once_per_post(db: Any) -> None:
+    # Given follow edges whose follower_id is an int, an ObjectId, null or missing
+    await db.follows.insert_many(
+        [{"followee_id": "m", "follower_id": f} for f in ["a", 42, ObjectId(), None, "b", 7]]
+        + [{"followee_id": "m"}]
+    )
+    graph = MongoFollowerGraph(db.follows, batch_size=2)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        # When the followers are streamed twice (two posts)
+        first = [f async for p in graph.follower_pages("m") for f in p]
+        second = [f async for p in graph.follower_pages("m") for f in p]
+    finally:
+        logger.remove(sink)
+    # Then only the string ids are yielded, the others are counted, with one warning per stream
+    assert first == second == ["a", "b"]
+    assert graph.invalid_ids == 10
+    assert len(warnings) == 2
+    assert "skipped 5 follow edge(s)" in warnings[0] and "followers of m" in warnings[0]
 
 
 # --- MongoPostStore.rewrite_author_snapshot ---------------------------------------------

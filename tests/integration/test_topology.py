@@ -7,20 +7,28 @@ the test's channel may have been closed by the broker (406).
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.exceptions import ChannelPreconditionFailed
+from loguru import logger
 from pydantic import ValidationError
 
 from enrichment.errors import ConfigError, ServiceUnavailable
-from tests.conftest import AMQP_URL
-from worker.topology import QueueSpec, TopologySettings, declare_topology, ensure_topology
+from handlers.ports import OutgoingMessage
+from tests.conftest import AMQP_URL, REDIS_URL
+from tests.support.wire_mongo import WireMongo
+from worker.publisher import RabbitPublisher
+from worker.topology import QueueSpec, TopologySettings, declare_topology, ensure_topology, verify_topology
 
 
 @dataclass(frozen=True)
@@ -223,7 +231,7 @@ async def test_an_existing_queue_with_other_arguments_is_a_config_error_naming_i
     text = str(caught.value)
     assert repr(names.post_queue) in text
     assert "already exists with different arguments" in text
-    assert f"delete_queue -p VHOST {names.post_queue}" in text and "change [topology]" in text
+    assert f"delete_queue -p / {names.post_queue}" in text and "change [topology]" in text
     assert "PRECONDITION_FAILED" in text
     # and the channel is closed (the broker closes it on 406), the queue untouched, a fresh channel fine
     assert channel.is_closed
@@ -235,8 +243,115 @@ async def test_an_existing_exchange_of_another_type_is_a_config_error_naming_it(
 ) -> None:
     channel = await connection.channel()
     await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
-    with pytest.raises(ConfigError, match=f"exchange '{names.exchange}' already exists with different"):
+    with pytest.raises(
+        ConfigError, match=f"exchange '{names.exchange}' already exists with different"
+    ) as caught:
         await declare_topology(await connection.channel(), names.exchange, names.topology())
+    # The line names both types, as the broker tells them
+    assert "its type is 'direct', fanout-worker declares 'topic'" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+async def test_the_publishers_own_exchange_declaration_is_a_config_error_too(
+    connection: AbstractConnection, names: Names
+) -> None:
+    # Given the exchange exists as a direct exchange
+    await (await connection.channel()).declare_exchange(
+        names.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    publisher = RabbitPublisher(AMQP_URL, names.exchange, 8, 5.0, 1.0)
+    # When the publisher connects, it is a configuration error naming both types, not "unreachable"
+    with pytest.raises(ConfigError, match="its type is 'direct', fanout-worker declares 'topic'"):
+        await publisher.connect()
+    await publisher.close()
+
+
+async def test_verify_creates_nothing_and_finds_every_mismatch(
+    connection: AbstractConnection, names: Names
+) -> None:
+    # Given a broker where nothing of the topology exists: verify passes and creates nothing
+    await verify_topology(connection, names.exchange, names.topology())
+    assert not await exchange_exists(connection, names.exchange)
+    with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+        await (await connection.channel()).declare_queue(names.post_queue, passive=True)
+
+    # When the topology is declared as configured, verify passes
+    await declare_topology(await connection.channel(), names.exchange, names.topology())
+    await verify_topology(connection, names.exchange, names.topology())
+
+    # Then a queue configured otherwise than it exists is named
+    with pytest.raises(ConfigError, match=f"queue '{names.post_queue}' already exists"):
+        await verify_topology(connection, names.exchange, names.topology(message_ttl_ms=5))
+
+
+async def test_verify_checks_the_exchange_even_when_topology_is_not_declared(
+    connection: AbstractConnection, names: Names
+) -> None:
+    await (await connection.channel()).declare_exchange(
+        names.exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    with pytest.raises(ConfigError, match="its type is 'fanout', fanout-worker declares 'topic'"):
+        await verify_topology(connection, names.exchange, TopologySettings(declare=False))
+
+
+async def exchange_exists(connection: AbstractConnection, name: str) -> bool:
+    channel = await connection.channel()
+    try:
+        await channel.declare_exchange(name, passive=True)
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return False
+    await channel.close()
+    return True
+
+
+@pytest.fixture
+def wire() -> Iterator[WireMongo]:
+    with WireMongo() as wm:
+        yield wm
+
+
+def fanout_worker(command: str, exchange: str, mongo_uri: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
+    env.update(
+        FANOUT_MONGO__URI=mongo_uri,
+        FANOUT_MONGO__SERVER_SELECTION_TIMEOUT_MS="2000",
+        FANOUT_REDIS__URL=REDIS_URL,
+        FANOUT_RABBITMQ__URL=AMQP_URL,
+        FANOUT_RABBITMQ__EXCHANGE=exchange,
+        FANOUT_TOPOLOGY__DECLARE="false",  # the default queue names are shared: leave them alone
+        FANOUT_HEALTH__ENABLED="false",
+        FANOUT_LOG__FORMAT="text",
+    )
+    binary = Path(sys.executable).with_name("fanout-worker")
+    config = Path(__file__).resolve().parents[2] / "config.toml"
+    return subprocess.run(
+        [str(binary), command, "--config", str(config)], env=env, capture_output=True, text=True, timeout=50
+    )
+
+
+async def test_run_and_check_report_an_exchange_of_another_type_as_a_config_error(
+    connection: AbstractConnection, names: Names, wire: WireMongo
+) -> None:
+    # Given the fan-out exchange exists as a direct exchange
+    await (await connection.channel()).declare_exchange(
+        names.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+
+    # When the worker starts: exit 2 (not 3, which systemd would restart), one line naming both types
+    started = await asyncio.to_thread(fanout_worker, "run", names.exchange, wire.uri)
+    assert started.returncode == 2, started.stderr
+    assert len(started.stderr.strip().splitlines()) == 1, started.stderr
+    [line] = started.stderr.strip().splitlines()
+    assert f"exchange '{names.exchange}'" in line
+    assert "its type is 'direct', fanout-worker declares 'topic'" in line
+    assert "Traceback" not in started.stderr
+
+    # And check says FAIL with that line for RabbitMQ, and exits 2
+    checked = await asyncio.to_thread(fanout_worker, "check", names.exchange, wire.uri)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    [row] = [r for r in checked.stdout.splitlines() if r.startswith("rabbitmq")]
+    assert "FAIL" in row
+    assert f"exchange '{names.exchange}'" in row and "its type is 'direct'" in row
 
 
 async def test_declare_false_leaves_the_broker_alone(connection: AbstractConnection, names: Names) -> None:
@@ -287,3 +402,27 @@ def test_a_classic_queue_may_be_transient_and_names_must_be_unique() -> None:
         TopologySettings(queues=[QueueSpec(name="q", bindings=["a"]), QueueSpec(name="q", bindings=["b"])])
     with pytest.raises(ValidationError, match="unique"):  # collides with the DLQ of DLX "d"
         TopologySettings(queues=[QueueSpec(name="d.queue", bindings=["a"], dead_letter_exchange="d")])
+
+
+async def test_an_exchange_of_another_type_mid_run_holds_publishes_and_logs_until_it_is_fixed(
+    connection: AbstractConnection, names: Names
+) -> None:
+    # Given the exchange exists as direct when the publisher (re)connects mid-run
+    await (await connection.channel()).declare_exchange(
+        names.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
+    publisher = RabbitPublisher(AMQP_URL, names.exchange, 8, 5.0, 0.3)
+    try:
+        # When a message is sent, it is held (retried), not failed, and the reason is logged
+        done = await publisher.send(OutgoingMessage("post.created", "post:p1:chunk:0", "p1", b"{}"))
+        await asyncio.sleep(1.0)
+        assert not done.done()
+        assert any("its type is 'direct', fanout-worker declares 'topic'" in e for e in errors), errors
+        # Then once the operator deletes the exchange, the publisher declares it and goes on
+        await (await connection.channel()).exchange_delete(names.exchange)
+        await asyncio.wait_for(done, 10)
+    finally:
+        logger.remove(sink)
+        await publisher.close()

@@ -197,8 +197,8 @@ async def test_match_operation_type_stage(wm: WireMongo) -> None:
             wm.replace_one(DB, "posts", {"_id": 1}, {"n": 2})
             a, b, c = await s.try_next(), await s.try_next(), await s.try_next()
         assert [x and x["operationType"] for x in (a, b, c)] == ["insert", "replace", None]
-        with pytest.raises(OperationFailure):
-            await client[DB]["posts"].watch([{"$project": {"x": 1}}])
+        with pytest.raises(OperationFailure):  # a stage not emulated is refused, not ignored
+            await client[DB]["posts"].watch([{"$group": {"_id": None}}])
 
 
 @pytest.mark.asyncio
@@ -323,3 +323,111 @@ async def test_survives_sigkilled_client_with_parked_getmore(wm: WireMongo) -> N
     wm.insert(DB, "posts", {"_id": "after-kill"})  # wakes the parked getMore: reply to a dead peer
     async with _client(wm.uri) as client:
         assert await client[DB]["posts"].find_one({"_id": "after-kill"}) == {"_id": "after-kill"}
+
+
+# ---------------------------------------------------------------- stages and the 16 MB limit
+SMALL_LIMIT = 2_000  # bytes: stands in for 16 MB, so the tests stay fast
+
+
+@pytest.mark.asyncio
+async def test_project_keeps_the_listed_fields_and_the_token(wm: WireMongo) -> None:
+    async with _client(wm.uri) as client:
+        coll = client[DB]["posts"]
+        pipeline = [{"$project": {"_id": 1, "operationType": 1, "fullDocument.a": 1, "fullDocument.n.x": 1}}]
+        async with await coll.watch(pipeline, max_await_time_ms=100) as stream:
+            await coll.insert_one({"_id": 1, "a": "kept", "big": "dropped", "n": {"x": 1, "y": 2}})
+            event = await stream.try_next()
+            assert event is not None
+            assert event == {
+                "_id": event["_id"],
+                "operationType": "insert",
+                "fullDocument": {"a": "kept", "n": {"x": 1}},
+            }
+            assert stream.resume_token == event["_id"]
+
+
+@pytest.mark.asyncio
+async def test_a_pipeline_that_changes_the_token_fails_with_280(wm: WireMongo) -> None:
+    async with _client(wm.uri) as client:
+        stream = await client[DB]["posts"].watch([{"$project": {"_id": 0, "operationType": 1}}])
+        wm.insert(DB, "posts", {"_id": 1})
+        with pytest.raises(OperationFailure) as exc:
+            await stream.try_next()
+        assert exc.value.code == 280
+        await stream.close()
+
+
+@pytest.mark.asyncio
+async def test_an_event_over_the_limit_fails_the_stream_with_10334_each_time(wm: WireMongo) -> None:
+    wm.max_event_bytes = SMALL_LIMIT
+    async with _client(wm.uri) as client:
+        coll = client[DB]["posts"]
+        async with await coll.watch(max_await_time_ms=100) as stream:
+            token = stream.resume_token
+            await coll.insert_one({"_id": "big", "text": "x" * SMALL_LIMIT})
+            with pytest.raises(OperationFailure) as exc:
+                await stream.try_next()
+            assert exc.value.code == 10334
+        # Resuming at the same place meets the same event again
+        with pytest.raises(OperationFailure) as again:
+            await coll.watch(resume_after=token)
+        assert again.value.code == 10334
+
+
+@pytest.mark.asyncio
+async def test_split_stage_sends_fragments_and_resumes_after_any_of_them(wm: WireMongo) -> None:
+    wm.max_event_bytes = SMALL_LIMIT
+    wm.insert(DB, "profiles", {"_id": "big"})
+    async with _client(wm.uri) as client:
+        coll = client[DB]["profiles"]
+        split = [{"$changeStreamSplitLargeEvent": {}}]
+        opts: dict[str, Any] = {"full_document": "updateLookup", "max_await_time_ms": 100, "batch_size": 1}
+        async with await coll.watch(split, **opts) as stream:
+            start = stream.resume_token
+            # An update whose diff and looked-up document are each under the limit, not together
+            await coll.update_one({"_id": "big"}, {"$set": {"bio": "b" * 1500}})
+            await coll.insert_one({"_id": "small"})
+            got = [await stream.try_next() for _ in range(3)]
+        fragments = [e for e in got if e is not None]
+        # Then the big event comes as fragments, each under the limit, each with its own token
+        assert [f.get("splitEvent") for f in fragments[:2]] == [
+            {"fragment": 1, "of": 2},
+            {"fragment": 2, "of": 2},
+        ]
+        assert len({str(f["_id"]) for f in fragments}) == 3
+        assert "splitEvent" not in fragments[2] and fragments[2]["documentKey"] == {"_id": "small"}
+        merged: dict[str, Any] = {}
+        for f in fragments[:2]:
+            merged.update(f)
+        assert merged["fullDocument"] == {"_id": "big", "bio": "b" * 1500}
+        assert merged["updateDescription"]["updatedFields"] == {"bio": "b" * 1500}
+        assert merged["operationType"] == "update"
+        # and resuming after the first fragment continues with the second, after the last with the next event
+        for after, first in ((fragments[0], {"fragment": 2, "of": 2}), (fragments[1], None)):
+            async with await coll.watch(split, resume_after=after["_id"], **opts) as again:
+                nxt = await again.try_next()
+                assert nxt is not None and nxt.get("splitEvent") == first
+        # and the split stage must be the last one
+        with pytest.raises(OperationFailure):
+            await coll.watch([*split, {"$match": {}}], resume_after=start)
+
+
+@pytest.mark.asyncio
+async def test_set_stage_evaluates_bson_size_and_remove(wm: WireMongo) -> None:
+    async with _client(wm.uri) as client:
+        coll = client[DB]["posts"]
+        size = {"$ifNull": [{"$bsonSize": "$fullDocument"}, 0]}
+        over = {"$gt": [size, 100]}
+        stage = {
+            "$set": {
+                "oversize": {"$cond": [over, size, "$$REMOVE"]},
+                "fullDocument": {"$cond": [over, "$$REMOVE", "$fullDocument"]},
+            }
+        }
+        async with await coll.watch([stage], max_await_time_ms=100) as stream:
+            await coll.insert_one({"_id": "small"})
+            await coll.insert_one({"_id": "big", "text": "x" * 200})
+            small, big = await stream.try_next(), await stream.try_next()
+        assert small is not None and big is not None
+        assert small["fullDocument"] == {"_id": "small"} and "oversize" not in small
+        assert "fullDocument" not in big and big["oversize"] > 200

@@ -39,8 +39,15 @@ Emulated:
     invalidate -> 260.  Every batch carries ``postBatchResumeToken``.  getMore
     blocks up to maxTimeMS (default 1000) for new events (``stop()`` drops such
     a parked request without a reply, so the driver sees a resumable network
-    error).  Extra stages: only ``$match`` (evaluated by mongomock against the
-    event document);
+    error).  Extra stages (tests/support/wire_stages.py): ``$match``
+    (mongomock), inclusion ``$project``, ``$set``/``$addFields`` with a small
+    expression subset (``$bsonSize``, ``$cond``, ``$$REMOVE``, ...), and
+    ``$changeStreamSplitLargeEvent``; a pipeline that changes ``_id`` -> 280.
+    Size limit: an event over ``max_event_bytes`` (default 16 MiB + 16 KiB;
+    tests lower it) fails the command with 10334 BSONObjectTooLarge, or with
+    the split stage is sent as fragments (``splitEvent``, each with its own
+    token; resuming after a fragment continues with the next one).
+    ``buildInfo`` reports ``version`` (default 7.0.0);
   * test hooks (``insert``/``update_one``/... and ``db(name)``) that write
     through the same code path, and fault injection (``fail_next``,
     ``hangup_next``; both act *before* the command executes).
@@ -52,8 +59,8 @@ secondary, the oplog window (the change log is unbounded and lives until the
 process ends; after ``stop()``/``start()`` data and log survive but cursors
 don't), pre/post images (``fullDocument: whenAvailable|required``,
 ``fullDocumentBeforeChange``), change events for DDL (drop, rename, ...),
-change-stream stages other than ``$match``, ``$out``/``$merge``, sharding,
-size limits, exhaust cursors, unacknowledged-write error reporting.
+change-stream stages and expressions beyond the above, ``$out``/``$merge``,
+sharding, size limits outside change events, exhaust cursors, unacknowledged-write error reporting.
 Unknown commands reply 59 CommandNotFound.
 """
 
@@ -61,6 +68,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import random
 import re
@@ -69,7 +77,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -81,6 +89,17 @@ from bson.timestamp import Timestamp
 from mockupdb import MockupDB, OpMsg, Request
 from mongomock.filtering import filter_applies as _filter_applies
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
+
+from tests.support.wire_stages import (
+    MAX_EVENT_BYTES,
+    StageError,
+    Unsupported,
+    apply_stages,
+    bson_size,
+    check_stages,
+    split_event,
+    too_large,
+)
 
 Doc = dict[str, Any]
 
@@ -99,11 +118,12 @@ _CODE_NAMES = {
     260: "InvalidResumeToken",
     280: "ChangeStreamFatalError",
     286: "ChangeStreamHistoryLost",
+    10334: "BSONObjectTooLarge",
     10107: "NotWritablePrimary",
     11000: "DuplicateKey",
     11600: "InterruptedAtShutdown",
 }
-_TOKEN_RE = re.compile(r"82([0-9A-F]{8})([0-9A-F]{16})")
+_TOKEN_RE = re.compile(r"82([0-9A-F]{8})([0-9A-F]{16})([0-9A-F]{4})?")  # epoch, seq, fragment
 
 
 class CommandError(Exception):
@@ -151,7 +171,10 @@ class _StreamCursor:
     coll: str | None
     pos: int  # number of log entries already scanned
     full_document: str
-    match: list[Doc]
+    stages: list[Doc]
+    split: bool = False  # the pipeline ends with $changeStreamSplitLargeEvent
+    skip_fragments: int = 0  # resumed after this fragment of the first event scanned
+    pending: list[Doc] = field(default_factory=list)  # fragments not yet sent
     killed: bool = False
 
 
@@ -217,8 +240,15 @@ class WireDb:
 class WireMongo:
     """MongoDB wire-protocol stand-in for tests (see module docstring)."""
 
-    def __init__(self, port: int = 0, set_name: str = "rs0") -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        set_name: str = "rs0",
+        version: str = "7.0.0",
+        max_event_bytes: int = MAX_EVENT_BYTES,
+    ) -> None:
         self.port, self.set_name = port, set_name
+        self.version, self.max_event_bytes = version, max_event_bytes
         self.backend: Any = mongomock.MongoClient()  # direct writes here bypass the change log
         self._cond = threading.Condition(threading.Lock())  # guards backend, log, cursors, faults
         self._log: list[_Event] = []
@@ -414,6 +444,10 @@ class WireMongo:
                 reply = handler(db, cmd)
         except CommandError as exc:
             reply = exc.reply()
+        except StageError as exc:
+            reply = CommandError(exc.code, exc.errmsg).reply()
+        except Unsupported as exc:
+            reply = CommandError(40324, f"WireMongo: {exc}").reply()
         except OperationFailure as exc:
             reply = CommandError(exc.code or 2, str(exc)).reply()
         except NotImplementedError as exc:
@@ -434,8 +468,14 @@ class WireMongo:
         self._last_ts = Timestamp(now, 1) if now > last.time else Timestamp(last.time, last.inc + 1)
         return self._last_ts
 
-    def _token(self, seq: int) -> Doc:
-        return {"_data": f"82{self._epoch:08X}{seq:016X}"}
+    def _token(self, seq: int, fragment: int = 0) -> Doc:
+        suffix = f"{fragment:04X}" if fragment else ""
+        return {"_data": f"82{self._epoch:08X}{seq:016X}{suffix}"}
+
+    @staticmethod
+    def _token_fragment(token: Any) -> int:
+        m = _TOKEN_RE.fullmatch(str(token.get("_data", "")))
+        return int(m[3], 16) if m and m[3] else 0
 
     def _parse_token(self, token: Any) -> int:
         data = token.get("_data") if isinstance(token, Mapping) else None
@@ -572,9 +612,10 @@ class WireMongo:
         }
 
     def _build_info(self, db: str, cmd: Doc) -> Doc:
+        numbers = [int(p) for p in self.version.split("-")[0].split(".")]
         return {
-            "version": "7.0.0",
-            "versionArray": [7, 0, 0, 0],
+            "version": self.version,
+            "versionArray": [*numbers, 0, 0, 0, 0][:4],
             "gitVersion": "wiremongo-test-stand-in",
             "bits": 64,
             "maxBsonObjectSize": 16 * 1024 * 1024,
@@ -768,13 +809,8 @@ class WireMongo:
     # ---------------------------------------------------------------- change streams
     def _open_stream(self, db: str, target: Any, pipeline: list[Doc], batch_size: Any) -> Doc:
         spec: Doc = dict(pipeline[0]["$changeStream"] or {})
-        match: list[Doc] = []
-        for stage in pipeline[1:]:
-            if list(stage) != ["$match"]:
-                raise CommandError(
-                    40324, f"WireMongo: change stream stage {next(iter(stage))} is not emulated (only $match)"
-                )
-            match.append(stage["$match"])
+        stages = [dict(stage) for stage in pipeline[1:]]
+        split = check_stages(stages)
         full = spec.get("fullDocument", "default")
         if full not in ("default", "updateLookup") or spec.get("fullDocumentBeforeChange", "off") != "off":
             raise CommandError(115, "WireMongo: pre/post images are not emulated")
@@ -784,6 +820,7 @@ class WireMongo:
         else:
             scope = (None, None) if spec.get("allChangesForCluster") else (db, None)
             ns = f"{db}.$cmd.aggregate"
+        fragment = 0
         if "startAfter" in spec:
             pos = self._parse_token(spec["startAfter"])
         elif "resumeAfter" in spec:
@@ -794,12 +831,15 @@ class WireMongo:
                     "Attempting to resume a change stream using 'resumeAfter' is not "
                     "allowed from an invalidate notification.",
                 )
+            fragment = self._token_fragment(spec["resumeAfter"])
+            if fragment:
+                pos -= 1  # the event is scanned again; its fragments up to this one are not resent
         elif "startAtOperationTime" in spec:
             ts = spec["startAtOperationTime"]
             pos = next((e.seq - 1 for e in self._log if e.cluster_time >= ts), len(self._log))
         else:
             pos = len(self._log)
-        cur = _StreamCursor(ns, scope[0], scope[1], pos, full, match)
+        cur = _StreamCursor(ns, scope[0], scope[1], pos, full, stages, split, fragment)
         events, invalidated = self._collect(cur, batch_size)
         cid = 0 if invalidated else self._new_cursor(cur)
         return self._stream_reply(cid, cur, events, invalidated, "firstBatch")
@@ -807,9 +847,15 @@ class WireMongo:
     def _collect(self, cur: _StreamCursor, batch_size: Any) -> tuple[list[Doc], bool]:
         out: list[Doc] = []
         limit = int(batch_size) if batch_size else 1000
-        while cur.pos < len(self._log) and len(out) < limit:
+        while len(out) < limit:
+            if cur.pending:
+                out.append(cur.pending.pop(0))
+                continue
+            if cur.pos >= len(self._log):
+                break
             ev = self._log[cur.pos]
             cur.pos += 1
+            skip, cur.skip_fragments = cur.skip_fragments, 0
             if (cur.db is not None and ev.db != cur.db) or (cur.coll is not None and ev.coll != cur.coll):
                 continue
             if ev.op == "invalidate":
@@ -817,9 +863,18 @@ class WireMongo:
                     continue
                 out.append(self._event_doc(ev, cur.full_document))
                 return out, True
-            doc = self._event_doc(ev, cur.full_document)
-            if all(_matches(m, doc) for m in cur.match):
+            doc = apply_stages(cur.stages, self._event_doc(ev, cur.full_document))
+            if doc is None:
+                continue
+            size = bson_size(doc)
+            if size <= self.max_event_bytes:
                 out.append(doc)
+                continue
+            if not cur.split:
+                cur.pos -= 1  # a getMore on this cursor meets it again, as on a server
+                raise too_large(size, doc)
+            token = functools.partial(self._token, ev.seq)
+            cur.pending = split_event(doc, self.max_event_bytes, token)[skip:]
         return out, False
 
     def _stream_reply(

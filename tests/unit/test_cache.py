@@ -232,7 +232,7 @@ async def test_apply_changes_drops_l1_so_the_next_lookup_reads_the_new_version()
     await cache.get_many(["a"])
     # When the profile changes to version 2 and the change is applied
     source.profiles["a"] = snap("a", 2)
-    replaced_l2 = await cache.apply_changes([snap("a", 2)])
+    replaced_l2 = (await cache.apply_changes([snap("a", 2)])).written
     # Then there is no L2 to replace, L1 misses, and the next lookup reads version 2
     assert replaced_l2 == 0
     assert cache.l1.get_many(["a"]) == ({}, ["a"])

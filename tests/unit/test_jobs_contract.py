@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 
 from enrichment.errors import InvalidJob
 from enrichment.snapshot import AuthorSnapshot
+from handlers.ids import encode_post_id
 from handlers.jobs import (
     FanoutJob,
     FollowerRange,
@@ -93,9 +94,11 @@ def test_chunks_of_a_job_match_the_v2_schema_and_carry_the_head_byte_for_byte() 
 
 
 def test_a_job_message_id_names_the_post_id_it_is_given_whatever_it_is() -> None:
-    # The typed id encoding belongs to the producer: the job carries its string as given.
-    j = job(post_id="i:42", head=encode_head("i:42", "u1", None, "", None))
-    assert RangeChunkEncoder(j).message(["f"], 0, True).message_id == "post:i:42:range:1:chunk:0"
+    # The typed id encoding belongs to the producer (handlers/ids.py): the job carries its string.
+    post_id = encode_post_id(42)
+    j = decode_job(encode_job(job(post_id=post_id, head=encode_head(post_id, "u1", None, "", None))))
+    assert RangeChunkEncoder(j).message(["f"], 0, True).message_id == f"post:{post_id}:range:1:chunk:0"
+    assert post_id != "42"
 
 
 def _body(**changes: Any) -> bytes:

@@ -57,3 +57,69 @@ def test_bound_context_and_exceptions_are_redacted(sink: io.StringIO) -> None:
     assert line["url"] == "mongodb://app:***@db/"
     assert line["error"] == "ConnectionError"
     assert "redis://:***@cache:6379/0 refused" in line["traceback"]
+
+
+# Every credential form a client library accepts, and malformed ones: (text, secret it holds).
+CREDENTIAL_FORMS = [
+    ("mongodb://app:pw-userinfo@db1:27017,db2/?replicaSet=rs0", "pw-userinfo"),
+    ("mongodb+srv://app:pw-srv@cluster.example/", "pw-srv"),
+    ("mongodb://app:pw#hash@db/", "pw#hash"),
+    ("mongodb://app:pw?question@db/", "pw?question"),
+    ("mongodb://app:pw/slash@db/", "pw/slash"),
+    ("mongodb://app:pw@at@db/", "pw@at"),
+    ("mongodb://app:pw:colon@db/", "pw:colon"),
+    ("mongodb://db/?authSource=admin&tlsCertificateKeyFilePassword=pw-tlskey", "pw-tlskey"),
+    ("mongodb://db/?authMechanismProperties=AWS_SESSION_TOKEN:pw-awstoken,SERVICE_NAME:x", "pw-awstoken"),
+    ("redis://:pw-redis@cache:6379/0", "pw-redis"),
+    ("rediss://user:pw-rediss@cache:6380/0", "pw-rediss"),
+    ("redis://cache:6379/0?password=pw-query", "pw-query"),
+    ("redis://cache/0?ssl_password=pw-sslq&db=1", "pw-sslq"),
+    ("amqp://worker:pw-amqp@mq/vhost", "pw-amqp"),
+    ("amqps://worker:pw-amqps@mq:5671/", "pw-amqps"),
+    ("amqp://mq/?pass=pw-pass&heartbeat=5", "pw-pass"),
+    ("amqp://mq/?pwd=pw-pwd", "pw-pwd"),
+    ("amqp://mq/?secret=pw-secret", "pw-secret"),
+    ("amqp://mq/?token=pw-token", "pw-token"),
+    ("mongodb:/app:pw-oneslash@db", "pw-oneslash"),  # malformed: one slash
+    ("app:pw-noscheme@db:27017", "pw-noscheme"),  # malformed: no scheme at all
+    ("'amqp://worker:pw-quoted@mq/'", "pw-quoted"),  # inside a repr
+]
+
+
+@pytest.mark.parametrize(("text", "secret"), CREDENTIAL_FORMS)
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_every_credential_form_is_masked_in_text_and_json_logs(text: str, secret: str, fmt: str) -> None:
+    # Given a sink of each format
+    out = io.StringIO()
+    configure("DEBUG", fmt, out)
+    try:
+        # When a credential reaches the message, the bound context and an exception
+        try:
+            try:
+                raise OSError(111, f"refused by {text}")
+            except OSError as inner:
+                raise ConnectionError(f"cannot reach {text}") from inner
+        except ConnectionError:
+            logger.bind(url=text).exception("failed on {}", text)
+        logging.getLogger("aiormq.connection").error("error with %s", text)
+    finally:
+        logger.remove()
+        logging.basicConfig(handlers=[], force=True)
+    # Then the secret is nowhere, and what is not secret stays readable
+    assert secret not in out.getvalue()
+    assert "***" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mongodb://db1:27017/?replicaSet=rs0&authSource=admin",
+        "amqp://guest@mq/",
+        "mail a@b.example about it",
+        "resume token=82AB at 12:30:01",
+    ],
+)
+def test_text_without_credentials_is_left_alone(text: str) -> None:
+    from worker.logs import redact
+
+    assert redact(text) == text

@@ -202,3 +202,26 @@ def test_clear_empties_the_layer() -> None:
     hits, misses = l1.get_many(["a", "b", "c", "ghost"])
     assert hits == {}
     assert misses == ["a", "b", "c", "ghost"]
+
+
+def test_a_forgotten_profile_is_a_negative_hit_that_refuses_fills_up_to_its_version() -> None:
+    # Given v3 cached, then the profile deleted
+    clock = FakeClock()
+    l1 = layer(clock)
+    l1.put("a", snap("a", 3))
+    l1.forget("a", 3)
+    # Then it answers "no such user" at once, and a fill of v3 (read before the delete) is refused
+    assert l1.get_many(["a"]) == ({"a": None}, [])
+    assert l1.put("a", snap("a", 3)) is False
+    assert l1.known_version("a") == 3
+    # but a re-created profile with a newer version is taken
+    assert l1.put("a", snap("a", 4)) is True
+    assert l1.get_many(["a"]) == ({"a": snap("a", 4)}, [])
+
+
+def test_a_forgotten_profile_expires_after_the_negative_ttl() -> None:
+    clock = FakeClock()
+    l1 = layer(clock, negative_ttl=5.0)
+    l1.forget("a", 2)
+    clock.advance(6.0)
+    assert l1.get_many(["a"]) == ({}, ["a"])

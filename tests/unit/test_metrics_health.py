@@ -18,7 +18,7 @@ from enrichment.cache import CacheStats
 from handlers.posts import PostStats
 from handlers.profiles import ProfileStats
 from worker.eventlog import StreamStats
-from worker.health import HealthServer, status_line, worker_progress
+from worker.health import HealthServer, stale_parts, status_line, worker_alive
 from worker.metrics import CONTENT_TYPE, WorkerCollector, build_registry, render
 from worker.publisher import PublishStats
 
@@ -92,8 +92,12 @@ def test_counters_track_the_live_stats() -> None:
     w.runtime.profiles.stats.ignored = 2
     pub = w.runtime.publisher.stats
     pub.sent, pub.confirmed, pub.returned, pub.nacked, pub.retried, pub.reconnects = 20, 18, 1, 1, 2, 3
+    pub.blocked_pauses, pub.blocked_seconds = 2, 4.5
     w.runtime.publisher.in_flight = 6
     w.runtime.posts.stats.posts, w.runtime.posts.stats.recipients = 8, 400
+    w.runtime.posts.invalid_follower_ids = 5
+    w.runtime.profiles.stats.stale, w.runtime.profiles.stats.unbumped = 6, 1
+    w.runtime.profiles.stats.deleted = 2
     c = w.runtime.cache.stats
     c.l1_hits, c.l2_hits, c.l3_hits, c.not_found, c.source_queries = 50, 7, 3, 2, 4
     w.runtime.cache.l2.mget_calls, w.runtime.cache.l2.errors = 9, 1
@@ -120,9 +124,15 @@ def test_counters_track_the_live_stats() -> None:
     ]:
         assert m[key("fanout_messages_total", outcome=outcome)] == value
     assert m[key("fanout_publisher_reconnects_total")] == 3
+    assert m[key("fanout_rabbitmq_blocked_episodes_total")] == 2
+    assert m[key("fanout_rabbitmq_blocked_seconds_total")] == 4.5
     assert m[key("fanout_publishes_in_flight")] == 6
     assert m[key("fanout_posts_handled_total")] == 8
     assert m[key("fanout_recipients_total")] == 400
+    assert m[key("fanout_follower_ids_skipped_total")] == 5
+    assert m[key("fanout_profile_changes_stale_total")] == 6
+    assert m[key("fanout_profiles_deleted_total")] == 2
+    assert m[key("fanout_profile_changes_unbumped_total")] == 1
     assert m[key("fanout_cache_hits_total", layer="l1")] == 50
     assert m[key("fanout_cache_hits_total", layer="l2")] == 7
     assert m[key("fanout_cache_hits_total", layer="l3")] == 3
@@ -266,6 +276,29 @@ async def test_healthz_names_the_stale_stream(server: HealthServer, worker: Simp
     assert list(payload["seconds_since_progress"]) == ["profiles"]
 
 
+async def test_healthz_stays_ok_while_a_stream_waits_on_backpressure_or_a_dependency(
+    server: HealthServer, worker: SimpleNamespace
+) -> None:
+    # Given a leader whose posts reader has not seen a getMore for long, because in-flight work is
+    # full (the broker is away): the reader is waiting, alive
+    worker.pipelines[0].last_progress = time.monotonic() - 999
+    worker.pipelines[0].alive_at = time.monotonic()
+    worker.pipelines[0].waiting_for = "room in flight"
+    status, _, body = await get(server.port, "/healthz")
+    assert status == 200
+    assert json.loads(body)["waiting_for"] == {"posts": "room in flight"}
+
+
+async def test_healthz_fails_when_the_event_loop_heartbeat_is_stale(
+    server: HealthServer, worker: SimpleNamespace
+) -> None:
+    worker.heartbeat = time.monotonic() - 45
+    status, _, body = await get(server.port, "/healthz")
+    assert status == 503
+    assert "event loop" in json.loads(body)["seconds_since_progress"]
+    assert "event loop" in stale_parts(worker, 30)
+
+
 async def test_healthz_ignores_streams_when_standby_or_stopping(
     server: HealthServer, worker: SimpleNamespace
 ) -> None:
@@ -382,10 +415,52 @@ async def test_close_drops_open_connections(worker: SimpleNamespace) -> None:
 
 def test_worker_progress_and_status_line() -> None:
     w = fake_worker()
-    w.pipelines[0].last_progress, w.pipelines[1].last_progress = 10.0, 20.0
     w.pipelines[0].stats.handled, w.pipelines[0].in_flight = 5, 2
-    assert worker_progress(w) == 20.0
+    assert worker_alive(w, 30)
     assert status_line(w) == "leader epoch 7; posts: 5 handled, 2 in flight; profiles: 0 handled, 0 in flight"
-    w.role = "standby"  # nothing to tail: the loop turning is the progress
-    before = time.monotonic()
-    assert worker_progress(w) >= before
+    w.pipelines[0].last_progress = time.monotonic() - 60
+    assert not worker_alive(w, 30)  # the watchdog follows /healthz
+    w.role = "standby"  # nothing to tail: only the loop is judged
+    assert worker_alive(w, 30)
+
+
+# --- idle and slow connections must not starve the probes ---------------------------------------
+
+
+async def test_idle_connections_beyond_the_cap_do_not_starve_healthz(worker: SimpleNamespace) -> None:
+    # Given more idle connections (open, nothing sent) than the listener has slots
+    from worker.health import MAX_CONNECTIONS
+
+    server = HealthServer(worker, "127.0.0.1", 0, watchdog_seconds=30)  # the default read timeout
+    await server.start()
+    idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(MAX_CONNECTIONS + 44)]
+    try:
+        await asyncio.sleep(0.1)  # all accepted
+        # When a probe arrives, it is answered at once: the oldest idle connection made room
+        status, _, body = await asyncio.wait_for(get(server.port, "/healthz"), 2)
+        assert status == 200, body
+        assert server.evicted > 0
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await server.close()
+
+
+async def test_idle_connections_are_dropped_after_the_read_timeout(worker: SimpleNamespace) -> None:
+    srv = HealthServer(worker, "127.0.0.1", 0, watchdog_seconds=30)  # the default read timeout
+    await srv.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        started = time.monotonic()
+        data = await asyncio.wait_for(reader.read(), 10)
+        assert b" 408 " in data.split(b"\r\n", 1)[0]
+        assert time.monotonic() - started < 4  # seconds, not the old 5 s per idle socket
+        writer.close()
+    finally:
+        await srv.close()
+
+
+def test_the_listener_binds_loopback_unless_told_otherwise() -> None:
+    from worker.settings import Settings
+
+    assert Settings().health.host == "127.0.0.1"

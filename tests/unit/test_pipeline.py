@@ -237,7 +237,10 @@ async def test_stop_ends_the_pipeline_even_when_in_flight_work_is_full_and_stuck
     # When asked to stop, it ends within the deadline, and the checkpoint did not move past them
     worker.stop.set()
     await asyncio.wait_for(task, 5)
-    assert world.checkpoints.saved["posts"].token == checkpoint.token
+    # (it may hold the idle token from before the posts, saved at the stop: that passes none of them)
+    first_post = min(pos for pos, ev in world.db.log() if ev["ns"]["coll"] == "posts")
+    saved = world.checkpoints.saved["posts"].token
+    assert saved == checkpoint.token or token_seq(saved) < first_post
 
 
 async def test_a_profile_that_appears_later_fills_the_earlier_posts() -> None:

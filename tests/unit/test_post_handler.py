@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+from mongomock_motor import AsyncMongoMockClient
 
 from enrichment.cache import LayeredCache
 from enrichment.errors import InvalidEvent, PublishFailed, ServiceUnavailable
@@ -18,6 +19,7 @@ from handlers.ports import OutgoingMessage
 from handlers.posts import PostCreatedHandler, PostEncoder
 from worker.adapters.memory_db import MemoryDatabase
 from worker.adapters.memory_stores import MemoryFollowerGraph, MemoryPostStore, MemoryProfileSource
+from worker.adapters.mongo_stores import MongoFollowerGraph
 from worker.publisher import MemoryPublisher
 
 CHUNK = 3
@@ -164,6 +166,49 @@ async def test_the_author_is_never_a_recipient_even_when_following_themself(othe
     if sent:
         assert [b["chunk"]["last"] for b in sent][-1] is True
         assert sum(b["chunk"]["last"] for b in sent) == 1
+
+
+EDGES = ["z", "b", "m", "b", "a", "m", "z", "b", "c", "c", "c", "m", "d"]  # repeats, self-edges
+
+
+async def _mongo_graph(edges: list[str], page: int) -> Any:
+    follows = AsyncMongoMockClient()["social"]["follows"]
+    await follows.insert_many([{"followee_id": "m", "follower_id": f} for f in edges])
+    return MongoFollowerGraph(follows, batch_size=page)
+
+
+async def _memory_graph(edges: list[str], page: int) -> Any:
+    graph = MemoryFollowerGraph(page_size=page)
+    for f in edges:
+        graph.add(f, "m")
+    return graph
+
+
+@pytest.mark.parametrize("make_graph", [_memory_graph, _mongo_graph], ids=["memory", "mongo"])
+@pytest.mark.parametrize("page", [1, 2, 3, 5, 100])
+async def test_each_recipient_once_and_never_the_author_whatever_the_follows_hold(
+    make_graph: Any, page: int
+) -> None:
+    # Given follows holding repeated edges and a repeated self-edge of the author "m"
+    s = Setup(graph=await make_graph(EDGES, page))
+    s.add_user("m")
+    # When the author posts
+    results = await s.handler.handle_events([s.post("p1", "m")])
+    # Then every follower receives it exactly once, the author never, in full chunks
+    assert results == [None]
+    sent = bodies(s.publisher.messages)
+    recipients = [r for b in sent for r in b["recipients"]]
+    assert recipients == ["a", "b", "c", "d", "z"]
+    assert [len(b["recipients"]) for b in sent] == [3, 2]
+    assert [b["chunk"] for b in sent] == [{"index": 0, "last": False}, {"index": 1, "last": True}]
+    assert s.handler.stats.recipients == 5
+
+
+async def test_followers_that_are_only_the_author_and_repeats_of_them_send_nothing() -> None:
+    s = Setup(graph=await _memory_graph(["m", "m", "m"], 1))
+    s.add_user("m")
+    assert await s.handler.handle_events([s.post("p1", "m")]) == [None]
+    assert s.publisher.messages == []
 
 
 async def test_zero_followers_sends_nothing_but_the_post_is_handled() -> None:

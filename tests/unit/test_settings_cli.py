@@ -11,7 +11,7 @@ from enrichment.errors import ConfigError
 from worker import __version__
 from worker.cli import EXIT_CONFIG, main
 from worker.logs import redact
-from worker.settings import load_settings, redact_url
+from worker.settings import IGNORED_ENV_PREFIXES, Settings, load_settings
 
 SECRET = "s3cr3t-pw"
 SECRET_URL = f"amqp://u:{SECRET}@127.0.0.1:1/"
@@ -225,13 +225,214 @@ def test_redact_leaves_plain_text_alone() -> None:
     assert redact(text) == text
 
 
+BAD_URIS = [
+    # (variable, value, the secret in it)
+    ("FANOUT_MONGO__URI", "http://app:pw-scheme@db/", "pw-scheme"),
+    ("FANOUT_MONGO__URI", "mongodb://app:pw-nohost@/", "pw-nohost"),
+    ("FANOUT_MONGO__URI", "mongodb://app:pw-port@db:99999/", "pw-port"),
+    ("FANOUT_MONGO__URI", "mongodb://app:pw#hash@db/", "pw#hash"),
+    ("FANOUT_MONGO__URI", "mongodb://app:pw/slash@db/", "pw/slash"),
+    ("FANOUT_MONGO__URI", "mongodb://app:pw?q@db/", "pw?q"),
+    ("FANOUT_MONGO__URI", "mongodb://app:pw@at@db/", "pw@at"),
+    ("FANOUT_MONGO__URI", "mongodb://app:pw:colon@db/", "pw:colon"),
+    ("FANOUT_MONGO__URI", "mongodb://db/?password=pw-param", "pw-param"),
+    ("FANOUT_MONGO__URI", "mongodb://app:pw-typo@db/?replicaSett=rs0", "pw-typo"),
+    ("FANOUT_MONGO__URI", "mongodb+srv://app:pw-srv@db:27017/", "pw-srv"),
+    ("FANOUT_MONGO__URI", "mongodb+srv://app:pw-srv2@a.example,b.example/", "pw-srv2"),
+    ("FANOUT_MONGO__URI", "app:pw-noscheme@db:27017", "pw-noscheme"),
+    ("FANOUT_REDIS__URL", "redis://:pw#hash@cache:6379/0", "pw#hash"),
+    ("FANOUT_REDIS__URL", "redis://:pw-port@cache:0/0", "pw-port"),
+    ("FANOUT_REDIS__URL", "redis://:pw-db@cache/zero", "pw-db"),
+    ("FANOUT_REDIS__URL", "http://:pw-scheme@cache/0", "pw-scheme"),
+    ("FANOUT_REDIS__URL", "redis://:pw-q@cache/0?socket_timeout=soon", "pw-q"),
+    ("FANOUT_RABBITMQ__URL", "amqp://u:pw-port@mq:70000/", "pw-port"),
+    ("FANOUT_RABBITMQ__URL", "amqp://u:pw#hash@mq/", "pw#hash"),
+    ("FANOUT_RABBITMQ__URL", "amqp://u:12#34@mq/", "12#34"),  # would parse as port 12 elsewhere
+    ("FANOUT_RABBITMQ__URL", "amqp://u:pw/slash@mq/", "pw/slash"),
+    ("FANOUT_RABBITMQ__URL", "http://u:pw-scheme@mq/", "pw-scheme"),
+    ("FANOUT_RABBITMQ__URL", "amqp://u:pw space@mq/", "pw space"),
+    ("FANOUT_RABBITMQ__URL", "amqp://u:pw-nohost@/", "pw-nohost"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "secret"), BAD_URIS)
+def test_a_malformed_uri_is_one_line_naming_the_field_never_the_uri(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    secret: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    line = run_failing(write(tmp_path, ""), capsys)
+    field = variable.removeprefix("FANOUT_").replace("__", ".").lower()
+    assert f"invalid setting {field}:" in line
+    assert secret not in line
+    assert value not in line
+
+
 @pytest.mark.parametrize(
-    ("url", "expected"),
+    ("variable", "value"),
     [
-        ("amqp://u:p@h:5672/vh", "amqp://u:***@h:5672/vh"),
-        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
-        ("mongodb://h:27017/", "mongodb://h:27017/"),
+        (
+            "FANOUT_MONGO__URI",
+            "mongodb://app:p%40ss@db1:27017,db2:27018/social?replicaSet=rs0&authSource=admin",
+        ),
+        ("FANOUT_MONGO__URI", "mongodb+srv://app:pw@cluster.example/?tlsCertificateKeyFilePassword=k"),
+        ("FANOUT_MONGO__URI", "mongodb://[::1]:27017/"),
+        ("FANOUT_REDIS__URL", "rediss://user:pw@cache:6380/3"),
+        ("FANOUT_REDIS__URL", "unix:///run/redis/redis.sock?db=2"),
+        ("FANOUT_RABBITMQ__URL", "amqps://u:p%23w@mq:5671/social?heartbeat=30"),
     ],
 )
-def test_redact_url_masks_the_password(url: str, expected: str) -> None:
-    assert redact_url(url) == expected
+def test_valid_uris_of_every_accepted_form_load(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    settings = load_settings(None)
+    section, key = variable.removeprefix("FANOUT_").lower().split("__")
+    assert getattr(getattr(settings, section), key).get_secret_value() == value
+
+
+def test_an_unknown_fanout_variable_is_refused_with_the_closest_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a typo in a variable's section
+    monkeypatch.setenv("FANOUT_PIPELIN__CHUNK_SIZE", "7")
+    # Then start-up stops, naming it and the name meant
+    line = run_failing(write(tmp_path, ""), capsys)
+    assert "FANOUT_PIPELIN__CHUNK_SIZE" in line
+    assert "did you mean FANOUT_PIPELINE__CHUNK_SIZE?" in line
+
+
+def test_the_test_suites_own_variables_are_not_settings_and_are_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for prefix in IGNORED_ENV_PREFIXES:
+        monkeypatch.setenv(f"{prefix}SOMETHING", "x")
+    assert load_settings(None).model_dump(mode="json") == Settings().model_dump(mode="json")
+
+
+def test_a_bad_json_section_variable_is_blamed_on_the_variable_not_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FANOUT_PIPELINE", "{chunk_size: 5")
+    line = run_failing(write(tmp_path, ""), capsys)
+    assert "environment variable FANOUT_PIPELINE: not valid JSON" in line
+    assert "config file" not in line
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        ("[pipeline]\nchunk_size = true\n", "pipeline.chunk_size"),
+        ("[redis]\nttl_jitter = false\n", "redis.ttl_jitter"),
+        ("[mongo]\nmax_await_time_ms = true\n", "mongo.max_await_time_ms"),
+        (
+            '[[topology.queues]]\nname = "q"\nbindings = ["k"]\nmessage_ttl_ms = true\n',
+            "topology.queues.0.message_ttl_ms",
+        ),
+    ],
+)
+def test_a_boolean_is_not_a_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, field: str
+) -> None:
+    line = run_failing(write(tmp_path, toml), capsys)
+    assert f"invalid setting {field}: must be a number, not true or false" in line
+
+
+def test_config_output_is_toml_that_loads_back_to_the_same_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given settings with custom queues (an array of tables, optional fields set and unset)
+    source = write(
+        tmp_path,
+        '[pipeline]\nchunk_size = 7\non_history_lost = "resume-from-now"\n'
+        '[redis]\nkey_prefix = "a \\"quoted\\" \\\\ prefix"\n'
+        '[[topology.queues]]\nname = "q.one"\nbindings = ["post.*", "profile.updated"]\n'
+        'dead_letter_exchange = "dlx"\nmessage_ttl_ms = 60000\n'
+        '[[topology.queues]]\nname = "q.two"\nbindings = ["post.created"]\ntype = "classic"\n'
+        "durable = false\n",
+    )
+    monkeypatch.setenv("FANOUT_RABBITMQ__URL", f"amqp://u:{SECRET}@mq:5672/vh")
+    assert main(["config", "--config", str(source)]) == 0
+    printed = capsys.readouterr().out
+    assert SECRET not in printed
+    # When that output is the config file
+    copy = tmp_path / "copy.toml"
+    copy.write_text(printed)
+    monkeypatch.delenv("FANOUT_RABBITMQ__URL")
+    reloaded = load_settings(copy)
+    # Then it holds the same settings (the password masked), and prints the same again
+    original = load_settings(source).model_dump(mode="json")
+    assert reloaded.model_dump(mode="json") == original
+    assert reloaded.rabbitmq.url.get_secret_value() == "amqp://u:***@mq:5672/vh"
+    assert main(["config", "--config", str(copy)]) == 0
+    assert capsys.readouterr().out == printed
+
+
+def test_config_output_of_the_defaults_loads_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config"]) == 0
+    copy = write(tmp_path, capsys.readouterr().out)
+    assert load_settings(copy).model_dump(mode="json") == Settings().model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "secret"),
+    [
+        ("FANOUT_MONGO__URI", f"mongodb://app:{SECRET}@db/?replicaSet=rs0", SECRET),
+        ("FANOUT_MONGO__URI", "mongodb://db/?tlsCertificateKeyFilePassword=kp-s3cret&tls=true", "kp-s3cret"),
+        ("FANOUT_REDIS__URL", "redis://:r-s3cret@cache:6379/0", "r-s3cret"),
+        ("FANOUT_REDIS__URL", "redis://cache:6379/0?password=rq-s3cret", "rq-s3cret"),
+        ("FANOUT_REDIS__URL", "rediss://u:p%23w-s3cret@cache/0", "p%23w-s3cret"),
+        ("FANOUT_RABBITMQ__URL", "amqps://u:a-s3cret@mq:5671/", "a-s3cret"),
+        ("FANOUT_RABBITMQ__URL", "amqp://mq/?token=t-s3cret", "t-s3cret"),
+    ],
+)
+def test_config_masks_every_credential_form(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    secret: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["config"]) == 0
+    out, err = capsys.readouterr()
+    assert secret not in out + err
+    assert "***" in out
+
+
+@pytest.mark.parametrize(
+    ("message", "uri"),
+    [
+        ("bad value s3cr3t-pw in option", "mongodb://u:s3cr3t-pw@h/"),
+        ("bad value s3cr3t/pw in option", "mongodb://u:s3cr3t%2Fpw@h/"),  # decoded form too
+        ("tls key tk-s3cret unreadable", "mongodb://h/?tlsCertificateKeyFilePassword=tk-s3cret"),
+    ],
+)
+def test_a_library_message_is_scrubbed_of_the_uris_secrets(message: str, uri: str) -> None:
+    from worker.uris import scrub
+
+    scrubbed = scrub(message, uri)
+    assert "s3cr3t" not in scrubbed and "tk-s3cret" not in scrubbed
+    assert "***" in scrubbed
+
+
+def test_checkpoint_show_names_host_port_and_cause_when_mongodb_is_unreachable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given MongoDB on a closed port, with a password in the URI
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[mongo]\nuri = "mongodb://u:s3cretpw@127.0.0.1:1/?replicaSet=rs0"\nserver_selection_timeout_ms = 300\n'
+    )
+    # When the operator asks for the checkpoints
+    code = main(["checkpoint", "show", "--config", str(config)])
+    # Then one line says where and why, never the password or only a class name
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3
+    assert len(err) == 1
+    assert "127.0.0.1:1" in err[0] and "connection refused" in err[0]
+    assert "s3cretpw" not in err[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,7 @@ class MemoryChangeCursor:
         update_lookup: bool,
         start: int,
         max_await_seconds: float,
+        fields: Sequence[str] | None = None,
     ) -> None:
         self._db = db
         self._stream = stream
@@ -32,6 +33,7 @@ class MemoryChangeCursor:
         self._pos = start
         self._await = max_await_seconds
         self._token: Token | None = None
+        self._fields = fields
         self.getmores = 0
 
     @property
@@ -68,7 +70,25 @@ class MemoryChangeCursor:
         if self._lookup and event["operationType"] == "update":
             current = self._db.collection(self._collection).get(event["documentKey"]["_id"])
             out["fullDocument"] = copy.deepcopy(current)
-        return out
+        return out if self._fields is None else project(out, self._fields)
+
+
+def project(doc: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    """An inclusion ``$project`` of dotted paths, like the MongoDB feed's (through documents only)."""
+    out: dict[str, Any] = {}
+    for path in fields:
+        *parents, leaf = path.split(".")
+        src: Any = doc
+        dst = out
+        for part in parents:
+            src = src.get(part) if isinstance(src, Mapping) else None
+            if not isinstance(src, Mapping):
+                break
+            dst = dst.setdefault(part, {})
+        else:
+            if isinstance(src, Mapping) and leaf in src:
+                dst[leaf] = src[leaf]
+    return out
 
 
 class MemoryChangeFeed:
@@ -82,8 +102,10 @@ class MemoryChangeFeed:
         op_types: frozenset[str],
         update_lookup: bool = False,
         max_await_seconds: float = 0.2,
+        fields: Sequence[str] | None = None,
     ) -> None:
         self.stream = stream
+        self._fields = fields  # the fields handlers read: projected like the MongoDB feed does
         self._db = db
         self._collection = collection
         self._ops = op_types
@@ -106,5 +128,5 @@ class MemoryChangeFeed:
                 raise StreamFatal(self.stream, 280, "resume token was not issued by this database")
             start = seq
         yield MemoryChangeCursor(
-            self._db, self.stream, self._collection, self._ops, self._lookup, start, self._await
+            self._db, self.stream, self._collection, self._ops, self._lookup, start, self._await, self._fields
         )

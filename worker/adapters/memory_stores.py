@@ -43,20 +43,22 @@ class MemoryProfileSource:
 
 
 class MemoryFollowerGraph:
-    """Followers per followee, kept sorted so the stream order is deterministic, like the index."""
+    """Followers per followee, kept sorted so the stream order is deterministic, like the index.
+
+    Like a ``follows`` collection without a unique index, it keeps duplicate edges: the handler,
+    not the store, guarantees each recipient once.
+    """
 
     def __init__(self, page_size: int = 1_000) -> None:
         self._followers: dict[str, list[str]] = {}
         self._page = page_size
+        self.invalid_ids = 0  # it holds only strings; here to match the port
 
     def add(self, follower_id: str, followee_id: str) -> None:
-        followers = self._followers.setdefault(followee_id, [])
-        i = bisect.bisect_left(followers, follower_id)
-        if i == len(followers) or followers[i] != follower_id:
-            followers.insert(i, follower_id)
+        bisect.insort(self._followers.setdefault(followee_id, []), follower_id)
 
     def set_followers(self, followee_id: str, follower_ids: list[str]) -> None:
-        """Bulk load (already unique); sorts in place."""
+        """Bulk load the edges as given (repeats are kept, as the collection would); sorts in place."""
         follower_ids.sort()
         self._followers[followee_id] = follower_ids
 

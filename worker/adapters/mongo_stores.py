@@ -87,24 +87,44 @@ class MongoFollowerGraph:
     def __init__(self, follows: Coll, batch_size: int) -> None:
         self._follows = follows
         self._batch_size = batch_size
+        self.invalid_ids = 0
 
     async def follower_pages(
         self, user_id: str, after: str | None = None, until: str | None = None
     ) -> AsyncGenerator[list[str], None]:
+        # The sort is the port's contract (handlers dedupe adjacent repeats), not a nicety. BSON
+        # orders by type first, so the strings among other types still come out in order.
         cursor = (
             self._follows.find(_range_filter(user_id, after, until), {"follower_id": 1, "_id": 0})
             .sort("follower_id", 1)
             .batch_size(self._batch_size)
         )
+        skipped = 0
+        example = ""
         try:
             while docs := await cursor.to_list(self._batch_size):
                 page = [f for doc in docs if isinstance(f := doc.get("follower_id"), str)]
+                if len(page) < len(docs):
+                    # Recipients are user ids, which are strings (profiles._id): a 42 or an ObjectId
+                    # names no user. Converting would invent one ("42"), so skip, but never silently.
+                    skipped += len(docs) - len(page)
+                    example = example or next(
+                        type(f).__name__ for d in docs if not isinstance(f := d.get("follower_id"), str)
+                    )
                 if page:
                     yield page
         except PyMongoError as exc:
             raise translate(exc, "follows find") from exc
         finally:
             await cursor.close()
+            if skipped:
+                self.invalid_ids += skipped
+                logger.warning(
+                    "followers of {}: skipped {} follow edge(s) whose follower_id is not a string (e.g. {})",
+                    user_id,
+                    skipped,
+                    example,
+                )
 
 
 def _range_filter(user_id: str, after: str | None, until: str | None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from enrichment.errors import ServiceUnavailable
 from handlers.jobs import DEFERRED, Lane
 from worker.settings import FanoutSettings
-from worker.topology import _guard
+from worker.topology import guard
 
 SECTION: Final = "fanout"
 REASON_HEADER: Final = "x-fanout-error"  # why the worker dead-lettered a job itself
@@ -66,7 +66,7 @@ def deferred_arguments(settings: FanoutSettings) -> dict[str, Any]:
 
 
 async def _queue(channel: AbstractChannel, name: str, arguments: dict[str, Any]) -> AbstractQueue:
-    return await _guard(
+    return await guard(
         "queue",
         name,
         f"durable, {arguments}",
@@ -80,14 +80,14 @@ async def declare_job_topology(channel: AbstractChannel, settings: FanoutSetting
     when ``settings.declare`` is false. On ConfigError the channel is closed: open a new one."""
     if not settings.declare:
         return
-    exchange = await _guard(
+    exchange = await guard(
         "exchange",
         settings.exchange,
         "durable topic",
         channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True),
         section=SECTION,
     )
-    dlx = await _guard(
+    dlx = await guard(
         "exchange",
         settings.dead_letter_exchange,
         "durable fanout",
@@ -95,7 +95,7 @@ async def declare_job_topology(channel: AbstractChannel, settings: FanoutSetting
         section=SECTION,
     )
     dead = await _queue(channel, settings.dead_letter_queue, {"x-queue-type": "quorum"})
-    await _guard("queue", dead.name, "bound", dead.bind(dlx, routing_key=""), "bind", SECTION)
+    await guard("queue", dead.name, "bound", dead.bind(dlx, routing_key=""), "bind", SECTION)
     bindings: list[tuple[str, str, dict[str, Any]]] = [
         (settings.ordinary_queue, "ordinary", lane_arguments(settings)),
         (settings.bulk_queue, "bulk", lane_arguments(settings)),
@@ -103,7 +103,7 @@ async def declare_job_topology(channel: AbstractChannel, settings: FanoutSetting
     ]
     for name, key, arguments in bindings:
         queue = await _queue(channel, name, arguments)
-        await _guard(
+        await guard(
             "queue", name, f"bound to {key!r}", queue.bind(exchange, routing_key=key), "bind", SECTION
         )
 
