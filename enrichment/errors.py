@@ -6,7 +6,8 @@
     │   ├── ServiceUnavailable    Redis / RabbitMQ / MongoDB unreachable or timing out
     │   └── PublishFailed         a publish was nacked, lost or timed out
     ├── PermanentError            retrying cannot help; the event is dead-lettered
-    │   └── InvalidEvent          a change event that fails validation
+    │   ├── InvalidEvent          a change event that fails validation
+    │   └── InvalidJob            a fan-out job that fails validation
     ├── StreamFatal               the change stream cannot continue (history lost, invalidate)
     │   └── EventTooLarge         an event over 16 MB the server cannot split (never retried)
     └── Deposed                   a newer leader holds the lease; this worker must stop writing
@@ -45,6 +46,10 @@ class PermanentError(FanoutError):
 
 class InvalidEvent(PermanentError):
     """A change event that does not match the contract."""
+
+
+class InvalidJob(PermanentError):
+    """A fan-out job whose body does not match schemas/fanout.job.v1.json."""
 
 
 class StreamFatal(FanoutError):

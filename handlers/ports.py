@@ -31,7 +31,20 @@ class Publisher(Protocol):
 
 
 class FollowerGraph(Protocol):
-    def follower_pages(self, user_id: str) -> AsyncGenerator[list[str], None]:
+    def range_bounds(self, user_id: str, range_size: int) -> AsyncGenerator[str, None]:
+        """Split ``user_id``'s followers into ranges of ``range_size`` follow edges: yield, in
+        ascending order, the last follower id (inclusive upper bound) of every range but the last,
+        which runs to the end. Nothing when they fit one range. Reads ids through the index only
+        (one small query per range), never holding the followers: far cheaper than a fan-out.
+
+        ``follower_pages(user_id, after, until)`` then streams one range: ids > ``after`` and <=
+        ``until`` (None leaves a side open). Bounds are strings, so a bounded range holds string ids
+        only."""
+        ...
+
+    def follower_pages(
+        self, user_id: str, after: str | None = None, until: str | None = None
+    ) -> AsyncGenerator[list[str], None]:
         """Stream the ids following ``user_id`` in ascending id order, a page (one cursor batch) at
         a time, without loading them all. Each page is a new list the caller may keep. Pages, not
         ids: per-id async steps cost more than the rest of a fan-out together.

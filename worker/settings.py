@@ -36,7 +36,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from enrichment.errors import ConfigError
 from worker import uris
-from worker.messaging.topology import TopologySettings, no_bool_numbers
+from worker.messaging.topology import TopologySettings, check_name, no_bool_numbers
 
 ENV_PREFIX = "FANOUT_"
 # FANOUT_ variables that are not settings: the test suite's (service URLs, fault durations).
@@ -168,6 +168,44 @@ class LogSettings(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+class FanoutSettings(_Section):
+    """``[fanout]``: the job queues between the tailer and the fan-out workers (worker/messaging/jobs)."""
+
+    declare: bool = True
+    exchange: str = Field("fanout.jobs", min_length=1)
+    ordinary_queue: str = Field("fanout.jobs.ordinary", min_length=1)
+    bulk_queue: str = Field("fanout.jobs.bulk", min_length=1)
+    deferred_queue: str = Field("fanout.jobs.deferred", min_length=1)
+    dead_letter_exchange: str = Field("fanout.jobs.dlx", min_length=1)
+    dead_letter_queue: str = Field("fanout.jobs.dead", min_length=1)
+    ordinary_prefetch: int = Field(32, gt=0, le=65_535)
+    bulk_prefetch: int = Field(2, gt=0, le=65_535)
+    range_size: int = Field(10_000, gt=0, le=10_000_000)
+    delivery_limit: int = Field(5, gt=0, le=1_000)
+    defer_seconds: float = Field(30.0, gt=0, le=86_400)
+    author_posts_per_second: float = Field(0.0, ge=0)  # 0: no per-author limit
+    author_burst: int = Field(20, gt=0)
+
+    @field_validator(
+        "exchange",
+        "ordinary_queue",
+        "bulk_queue",
+        "deferred_queue",
+        "dead_letter_exchange",
+        "dead_letter_queue",
+    )
+    @classmethod
+    def _names(cls, value: str) -> str:
+        return check_name(value)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FanoutSettings:
+        queues = [self.ordinary_queue, self.bulk_queue, self.deferred_queue, self.dead_letter_queue]
+        if len(set(queues)) < len(queues) or self.exchange == self.dead_letter_exchange:
+            raise ValueError("the job queues, and the job exchange and its dead-letter exchange, must differ")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FANOUT_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -181,7 +219,14 @@ class Settings(BaseSettings):
     leader: LeaderSettings = LeaderSettings()
     health: HealthSettings = HealthSettings()
     topology: TopologySettings = TopologySettings()
+    fanout: FanoutSettings = FanoutSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _job_exchange_is_its_own(self) -> Settings:
+        if self.fanout.exchange == self.rabbitmq.exchange:
+            raise ValueError("fanout.exchange (jobs) must differ from rabbitmq.exchange (messages)")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -49,3 +49,39 @@ async def test_celebrity_fan_out_memory_does_not_grow_with_followers() -> None:
     assert large < BOUND, f"1M-follower fan-out grew {large / 2**20:.1f} MB"
     # 100x the followers must not mean noticeably more memory: one chunk and a window in flight.
     assert large < small * 2 + 256 * 1024, (small, large)
+
+
+async def _range_peak_growth(followers: int) -> int:
+    from handlers.jobs import FanoutJob, FollowerRange, encode_head
+    from handlers.range_fanout import fan_out_range
+
+    graph = MemoryFollowerGraph(page_size=1000)
+    graph.set_followers("star", [f"f{i:08d}" for i in range(followers)])
+    job = FanoutJob(
+        "post.created",
+        "p1",
+        "star",
+        encode_head("p1", "star", None, "hi", None),
+        FollowerRange(),
+        0,
+        1,
+        "bulk",
+    )
+    publisher = MemoryPublisher(window=64, keep=False)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        result = await fan_out_range(job, graph, publisher, chunk_size=1000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.recipients == followers
+    return peak - base
+
+
+async def test_a_fan_out_job_holds_a_page_and_a_chunk_never_its_range() -> None:
+    small = await _range_peak_growth(10_000)
+    large = await _range_peak_growth(300_000)
+    # A copy of 300,000 follower ids alone would be 2.4 MB of pointers: flat means far less growth.
+    assert large < small * 2 + 256 * 1024, (small, large)

@@ -65,12 +65,31 @@ class MemoryFollowerGraph:
     def count(self, followee_id: str) -> int:
         return len(self._followers.get(followee_id, ()))
 
-    async def follower_pages(self, user_id: str) -> AsyncGenerator[list[str], None]:
+    async def follower_pages(
+        self, user_id: str, after: str | None = None, until: str | None = None
+    ) -> AsyncGenerator[list[str], None]:
         followers = self._followers.get(user_id, [])
-        for start in range(0, len(followers), self._page):
+        lo = 0 if after is None else bisect.bisect_right(followers, after)
+        hi = len(followers) if until is None else bisect.bisect_right(followers, until)
+        for start in range(lo, hi, self._page):
             # Yield to the loop between pages, like a cursor's getMore would.
             await asyncio.sleep(0)
-            yield followers[start : start + self._page]
+            yield followers[start : min(start + self._page, hi)]
+
+    async def range_bounds(self, user_id: str, range_size: int) -> AsyncGenerator[str, None]:
+        if range_size < 1:
+            raise ValueError("range_size must be at least 1")
+        followers = self._followers.get(user_id, [])
+        end = range_size - 1  # position of the current range's last edge
+        while end < len(followers) - 1:
+            bound = followers[end]
+            # Repeated edges of one id share a range: the next one starts after the last copy.
+            nxt = bisect.bisect_right(followers, bound)
+            if nxt >= len(followers):
+                return
+            await asyncio.sleep(0)
+            yield bound
+            end = nxt + range_size - 1
 
 
 def _newer(stored: Any, version: int) -> bool:

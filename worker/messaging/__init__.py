@@ -1,0 +1,1 @@
+"""RabbitMQ: publishing with confirms, the job queues and the topology."""

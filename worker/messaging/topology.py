@@ -41,7 +41,7 @@ T = TypeVar("T")
 DLQ_SUFFIX = ".queue"
 
 
-def _check_name(value: str) -> str:
+def check_name(value: str) -> str:
     if value.startswith("amq."):
         raise ValueError("names starting with 'amq.' are reserved by RabbitMQ")
     if len(value.encode()) > 255:
@@ -79,7 +79,7 @@ class QueueSpec(BaseModel):
     @field_validator("name", "dead_letter_exchange")
     @classmethod
     def _names(cls, value: str | None) -> str | None:
-        return None if value is None else _check_name(value)
+        return None if value is None else check_name(value)
 
     @model_validator(mode="after")
     def _quorum_is_durable(self) -> Self:
@@ -132,7 +132,9 @@ _INEQUIVALENT = re.compile(
 )
 
 
-def precondition_error(kind: str, name: str, wanted: str, reply: str) -> ConfigError:
+def precondition_error(
+    kind: str, name: str, wanted: str, reply: str, section: str = "topology"
+) -> ConfigError:
     """One line for a 406 on declare: the object, what differs (as the broker tells), the remedy."""
     found = _INEQUIVALENT.search(reply)
     vhost = found.group("vhost") if found else "VHOST"
@@ -144,10 +146,14 @@ def precondition_error(kind: str, name: str, wanted: str, reply: str) -> ConfigE
     else:
         differs = f"fanout-worker declares {wanted}"
     if kind == "queue":
-        delete, change = f"rabbitmqctl delete_queue -p {vhost} {name}", "change [topology] to match it"
+        delete, change = f"rabbitmqctl delete_queue -p {vhost} {name}", f"change [{section}] to match it"
     else:
         delete = f"rabbitmqadmin -V {vhost} delete exchange name={name}"
-        change = "use another name in the config (rabbitmq.exchange or [topology])"
+        change = (
+            "use another name in the config (rabbitmq.exchange or [topology])"
+            if section == "topology"
+            else f"use another name in [{section}]"
+        )
     return ConfigError(
         f"RabbitMQ {kind} {name!r} already exists with different arguments: {differs} "
         f"(PRECONDITION_FAILED). Delete it (`{delete}`; a queue's messages are lost) so it is "
@@ -155,7 +161,9 @@ def precondition_error(kind: str, name: str, wanted: str, reply: str) -> ConfigE
     )
 
 
-async def guard(kind: str, name: str, wanted: str, step: Awaitable[T], action: str = "declare") -> T:
+async def guard(
+    kind: str, name: str, wanted: str, step: Awaitable[T], action: str = "declare", section: str = "topology"
+) -> T:
     """Run one declare or bind; turn the broker's refusals into ConfigError naming the object.
 
     A refusal closes the channel: a caller that goes on must open a fresh one.
@@ -163,11 +171,11 @@ async def guard(kind: str, name: str, wanted: str, step: Awaitable[T], action: s
     try:
         return await step
     except ChannelPreconditionFailed as exc:
-        raise precondition_error(kind, name, wanted, str(exc)) from None
+        raise precondition_error(kind, name, wanted, str(exc), section) from None
     except ChannelAccessRefused as exc:
         raise ConfigError(
             f"RabbitMQ refused to {action} {kind} {name!r}: {exc}. Grant the user the permissions "
-            f"it needs (configure; read/write to bind), or set topology.declare = false."
+            f"it needs (configure; read/write to bind), or set {section}.declare = false."
         ) from None
 
 

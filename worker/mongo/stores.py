@@ -56,16 +56,46 @@ class MongoFollowerGraph:
     """Needs the index ``{followee_id: 1, follower_id: 1}`` on ``follows``: it serves the filter and
     the sort, so followers stream in a stable order and chunk ``n`` is the same on a replay."""
 
+    async def range_bounds(self, user_id: str, range_size: int) -> AsyncGenerator[str, None]:
+        if range_size < 1:
+            raise ValueError("range_size must be at least 1")
+        after: str | None = None
+        try:
+            while (bound := await self._nth_after(user_id, after, range_size - 1)) is not None:
+                # Nothing after it: it ends the last range, which stays open-ended.
+                if await self._nth_after(user_id, bound, 0) is None:
+                    return
+                yield bound
+                after = bound
+        except PyMongoError as exc:
+            raise translate(exc, "follows range bounds") from exc
+
+    async def _nth_after(self, user_id: str, after: str | None, skip: int) -> str | None:
+        # A covered query on {followee_id, follower_id}: the filter, sort and projection use only
+        # the index, so a step walks ``skip`` index keys and reads no document. ``$gte ""`` matches
+        # strings only (BSON compares within a type), the only ids a bound can be.
+        bound = {"$gte": ""} if after is None else {"$gt": after}
+        cursor = (
+            self._follows.find({"followee_id": user_id, "follower_id": bound}, {"follower_id": 1, "_id": 0})
+            .sort("follower_id", 1)
+            .skip(skip)
+            .limit(1)
+        )
+        docs = await cursor.to_list(1)
+        return docs[0]["follower_id"] if docs and isinstance(docs[0].get("follower_id"), str) else None
+
     def __init__(self, follows: Coll, batch_size: int) -> None:
         self._follows = follows
         self._batch_size = batch_size
         self.invalid_ids = 0
 
-    async def follower_pages(self, user_id: str) -> AsyncGenerator[list[str], None]:
+    async def follower_pages(
+        self, user_id: str, after: str | None = None, until: str | None = None
+    ) -> AsyncGenerator[list[str], None]:
         # The sort is the port's contract (handlers dedupe adjacent repeats), not a nicety. BSON
         # orders by type first, so the strings among other types still come out in order.
         cursor = (
-            self._follows.find({"followee_id": user_id}, {"follower_id": 1, "_id": 0})
+            self._follows.find(_range_filter(user_id, after, until), {"follower_id": 1, "_id": 0})
             .sort("follower_id", 1)
             .batch_size(self._batch_size)
         )
@@ -95,6 +125,11 @@ class MongoFollowerGraph:
                     skipped,
                     example,
                 )
+
+
+def _range_filter(user_id: str, after: str | None, until: str | None) -> dict[str, Any]:
+    bounds = {op: v for op, v in (("$gt", after), ("$lte", until)) if v is not None}
+    return {"followee_id": user_id, "follower_id": bounds} if bounds else {"followee_id": user_id}
 
 
 class MongoPostStore:

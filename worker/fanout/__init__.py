@@ -1,0 +1,1 @@
+"""Fan-out workers: competing consumers of the job queues."""

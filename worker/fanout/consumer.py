@@ -1,0 +1,180 @@
+"""The fan-out job consumer: one lane, its own channel and prefetch, competing with other workers.
+
+Per job: decode it (malformed → dead-lettered with the reason, counted), stream the range's
+followers, publish the chunks through the Publisher, and ack the job only once every chunk is
+confirmed. A failure requeues the job (nack); RabbitMQ counts deliveries, and on the last one the
+broker allows (``x-delivery-count`` reaching ``fanout.delivery_limit``) the worker dead-letters the
+job itself with the error as its reason. A job that kills its workers never gets that far: the
+broker dead-letters it past the limit (``x-death`` reason ``delivery_limit``). A worker stopped or
+killed mid-job never acks, so the job is redelivered and replays the same message ids.
+
+Memory: at most ``prefetch`` jobs in hand, each holding a page and a chunk (handlers/range_fanout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from loguru import logger
+
+from enrichment.errors import InvalidJob, PermanentError
+from handlers.jobs import Lane, decode_job
+from handlers.ports import FollowerGraph, Publisher
+from handlers.range_fanout import fan_out_range
+from worker.messaging.jobs import dead_letter, delivery_count, open_lane
+from worker.settings import FanoutSettings
+
+
+@dataclass(slots=True)
+class FanoutStats:
+    jobs_received: int = 0
+    jobs_acked: int = 0
+    redelivered: int = 0  # deliveries of a job seen before (x-delivery-count > 0 or the flag)
+    requeued: int = 0  # failed attempts handed back to the queue
+    dead_lettered: int = 0  # by this worker: malformed, permanent error, or last delivery failed
+    malformed: int = 0
+    chunks: int = 0
+    recipients: int = 0
+
+
+class FanoutConsumer:
+    """Consumes one lane. ``start`` subscribes; ``stop`` cancels, drains, closes its channel."""
+
+    def __init__(
+        self,
+        settings: FanoutSettings,
+        lane: Lane,
+        graph: FollowerGraph,
+        publisher: Publisher,
+        chunk_size: int,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        self._settings = settings
+        self.lane: Lane = lane
+        self._graph = graph
+        self._publisher = publisher
+        self._chunk_size = chunk_size
+        self._timeout = timeout_seconds
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = FanoutStats()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def lost(self) -> bool:
+        """Its channel closed under it (connection lost, or a broker error): restart it on a new one."""
+        return self._channel is not None and self._channel.is_closed
+
+    async def start(self, connection: AbstractConnection) -> None:
+        """Open the lane's channel on ``connection`` (prefetch from settings) and start consuming.
+        Stats carry over a ``stop`` and a ``start`` on a new connection."""
+        if self._channel is None:
+            self._channel, self._queue = await open_lane(connection, self._settings, self.lane)
+        await self.resume()
+
+    async def resume(self) -> None:
+        if self._queue is not None and self._tag is None:
+            self._tag = await self._queue.consume(self._on_message)
+
+    async def pause(self) -> None:
+        """Stop receiving new jobs (jobs in hand go on and are acked): basic.cancel."""
+        if self._queue is not None and self._tag is not None:
+            tag, self._tag = self._tag, None
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await self._queue.cancel(tag)
+
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop receiving, let jobs in hand finish for ``drain_seconds``, cancel the rest and close the
+        channel: the unacknowledged jobs go back to the queue for another worker. Safe twice."""
+        if self.lost:
+            self._tag = None  # nothing to cancel on a dead channel
+        await self.pause()
+        if self._tasks and drain_seconds > 0:
+            await asyncio.wait(list(self._tasks), timeout=drain_seconds)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        channel, self._channel, self._queue = self._channel, None, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._timeout):
+                    await channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Prefetch bounds how many arrive unacknowledged, so it bounds these tasks too.
+        task = asyncio.create_task(self._handle(message), name=f"job {message.message_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        self.stats.jobs_received += 1
+        deliveries = delivery_count(message)
+        if deliveries:
+            self.stats.redelivered += 1
+        try:
+            job = decode_job(message.body)
+        except InvalidJob as exc:
+            self.stats.malformed += 1
+            await self._dead_letter(message, f"malformed job: {exc}")
+            return
+        try:
+            result = await fan_out_range(job, self._graph, self._publisher, self._chunk_size)
+        except PermanentError as exc:
+            await self._dead_letter(message, f"{type(exc).__name__}: {exc}")
+            return
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if deliveries >= self._settings.delivery_limit:
+                # The broker would dead-letter it on this return, without saying why: do it here.
+                await self._dead_letter(message, f"failed {deliveries + 1} deliveries; last: {reason}")
+                return
+            logger.warning(
+                "job {} failed ({}); requeued (delivery {})", message.message_id, reason, deliveries + 1
+            )
+            self.stats.requeued += 1
+            await self._settle(message.nack(requeue=True))
+            return
+        self.stats.chunks += result.chunks
+        self.stats.recipients += result.recipients
+        if await self._settle(message.ack()):
+            self.stats.jobs_acked += 1
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        logger.error("dead-lettering job {} from the {} lane: {}", message.message_id, self.lane, reason)
+        channel = self._channel
+        try:
+            if channel is None:
+                raise RuntimeError("lane channel is closed")
+            async with asyncio.timeout(self._timeout):
+                await dead_letter(channel, self._settings, message, reason)
+        except Exception as exc:
+            # Not kept anywhere yet: hand it back rather than lose it.
+            logger.warning("could not dead-letter job {} ({}); requeued", message.message_id, exc)
+            self.stats.requeued += 1
+            await self._settle(message.nack(requeue=True))
+            return
+        if await self._settle(message.ack()):
+            self.stats.dead_lettered += 1
+
+    async def _settle(self, step: Awaitable[None]) -> bool:
+        """Ack or nack; on a dead channel the broker requeues the job anyway, so only log it."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await step
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            logger.warning(
+                "could not settle a job on the {} lane ({}); it will be redelivered", self.lane, exc
+            )
+            return False
+        return True

@@ -1,0 +1,85 @@
+"""The fan-out role: one connection to RabbitMQ, one consumer per lane, reconnecting on loss.
+
+When the connection (or a lane's channel) is lost, the jobs in hand can no longer be acked: the
+broker requeues them, so they are cancelled here, and the lanes restart on a new connection after
+a capped, jittered backoff. Stats live in the consumers and carry over reconnects. ``run`` returns
+once ``stop`` is set, after the jobs in hand had ``drain_seconds`` to finish and be acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import aio_pika
+from aio_pika.abc import AbstractConnection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from loguru import logger
+
+from enrichment.backoff import Backoff, wait_event
+from handlers.jobs import Lane
+from handlers.ports import FollowerGraph, Publisher
+from worker.fanout.consumer import FanoutConsumer
+from worker.settings import FanoutSettings
+
+_WATCH_SECONDS = 0.2  # how often a lost channel or connection is looked for
+
+
+class FanoutRunner:
+    def __init__(
+        self,
+        url: str,
+        settings: FanoutSettings,
+        graph: FollowerGraph,
+        publisher: Publisher,
+        chunk_size: int,
+        timeout_seconds: float,
+        reconnect_max_seconds: float,
+        lanes: Sequence[Lane] = ("ordinary", "bulk"),
+    ) -> None:
+        self._url = url
+        self._timeout = timeout_seconds
+        self._backoff = Backoff(0.2, reconnect_max_seconds)
+        self.consumers: dict[Lane, FanoutConsumer] = {
+            lane: FanoutConsumer(settings, lane, graph, publisher, chunk_size, timeout_seconds)
+            for lane in lanes
+        }
+        self.reconnects = 0
+        self.connected = False
+
+    async def run(self, stop: asyncio.Event, drain_seconds: float) -> None:
+        """Consume every lane until ``stop`` is set; reconnect with backoff whenever the broker is lost."""
+        while not stop.is_set():
+            connection: AbstractConnection | None = None
+            try:
+                connection = await aio_pika.connect(self._url, timeout=self._timeout)
+                for consumer in self.consumers.values():
+                    await consumer.start(connection)
+                self.connected = True
+                self._backoff.reset()
+                # Polled: a lost channel has no awaitable that also fires when the connection dies.
+                while not await wait_event(stop, _WATCH_SECONDS):
+                    if connection.is_closed or any(c.lost for c in self.consumers.values()):
+                        raise ConnectionError("connection or channel closed")
+            except (TimeoutError, ConnectionError, *CONNECTION_EXCEPTIONS) as exc:
+                self.connected = False
+                delay = self._backoff.next_delay()
+                logger.warning(
+                    "fan-out: RabbitMQ lost ({}); jobs in hand will be redelivered; reconnecting in {:.1f}s",
+                    type(exc).__name__,
+                    delay,
+                )
+                await self._stop_consumers(connection, 0.0)
+                if not await wait_event(stop, delay):
+                    self.reconnects += 1
+                continue
+            await self._stop_consumers(connection, drain_seconds)
+        self.connected = False
+
+    async def _stop_consumers(self, connection: AbstractConnection | None, drain_seconds: float) -> None:
+        await asyncio.gather(*(c.stop(drain_seconds) for c in self.consumers.values()))
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._timeout):
+                    await connection.close()
