@@ -21,7 +21,7 @@ from enrichment.redis_layer import RedisLayer
 from enrichment.snapshot import AuthorSnapshot
 from handlers.events import ChangeEvent
 from tests.conftest import REDIS_URL
-from tests.harness import Collector, World, settings, start, wait_for
+from tests.harness import Collector, World, handle_events, settings, start, wait_for
 from worker.wiring import redis_client
 
 
@@ -134,7 +134,7 @@ async def test_a_batch_of_profile_changes_costs_one_l2_write_and_one_invalidatio
     redis.pipeline = counted_pipeline  # type: ignore[method-assign]
     try:
         # When the batch is handled
-        results = await runtime.profiles.handle_events(events)
+        results = await handle_events(runtime.profiles, events)
     finally:
         del redis.execute_command, redis.pipeline
         await runtime.publisher.close()
