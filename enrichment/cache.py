@@ -254,6 +254,10 @@ class LayeredCache:
     def repairs_pending(self) -> int:
         return len(self._repairs)
 
+    def clear_local(self) -> None:
+        """Forget every L1 entry: invalidations may have been missed (a gap on the bus, a new term)."""
+        self.l1.clear()
+
     def on_remote_invalidation(self, user_id: str, version: int) -> None:
         """Another replica saw ``user_id`` change to ``version``."""
         self.l1.drop(user_id, min_version=version)

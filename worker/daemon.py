@@ -103,7 +103,7 @@ class Worker:
         """Run until ``stop`` is set or a stream fails fatally (re-raised after a clean shutdown)."""
         cache = self.runtime.cache
         listener = asyncio.create_task(
-            self.runtime.bus.run(cache.on_remote_invalidation, cache.l1.clear), name="invalidations"
+            self.runtime.bus.run(cache.on_remote_invalidation, cache.clear_local), name="invalidations"
         )
         beat = asyncio.create_task(self._beat(), name="heartbeat")
         try:
@@ -129,7 +129,7 @@ class Worker:
         self.epoch = lease.epoch if lease is not None else 0
         self.terms += 1
         # While standing by, invalidations may have been missed: start the term with an empty L1.
-        self.runtime.cache.l1.clear()
+        self.runtime.cache.clear_local()
         term_stop = asyncio.Event()
         pipelines = self.pipelines = self._pipelines(self.epoch)
 

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 from worker.observe.metrics import CONTENT_TYPE, build_registry, render, reopening
 
 if TYPE_CHECKING:
-    from worker.daemon import Worker
+    from worker.stats import WorkerView
 
 MAX_HEAD_BYTES = 8 * 1024
 MAX_CONNECTIONS = 256
@@ -43,16 +43,15 @@ KNOWN_ROLES = ("leader", "standby")
 ReadyCheck = Callable[[], Awaitable[bool]]
 
 
-def _role(worker: Worker) -> str:
-    return str(getattr(worker, "role", "leader"))
+def _role(worker: WorkerView) -> str:
+    return worker.role
 
 
-def _stopping(worker: Worker) -> bool:
-    stop: asyncio.Event | None = getattr(worker, "stop", None)
-    return stop is not None and stop.is_set()
+def _stopping(worker: WorkerView) -> bool:
+    return worker.stop.is_set()
 
 
-def stale_parts(worker: Worker, watchdog_seconds: float) -> dict[str, float]:
+def stale_parts(worker: WorkerView, watchdog_seconds: float) -> dict[str, float]:
     """Seconds since each part showed life, for those over ``watchdog_seconds``: empty when alive.
 
     The parts: the event loop (its heartbeat task) and, on a leader that is not stopping, each
@@ -63,23 +62,21 @@ def stale_parts(worker: Worker, watchdog_seconds: float) -> dict[str, float]:
         return {}
     now = time.monotonic()
     ages: dict[str, float] = {}
-    beat: float | None = getattr(worker, "heartbeat", None)
-    if beat is not None:
-        ages["event loop"] = now - beat
+    ages["event loop"] = now - worker.heartbeat
     if _role(worker) == "leader":
         for p in worker.pipelines:
-            ages[p.stream] = now - float(getattr(p, "alive_at", p.last_progress))
+            ages[p.stream] = now - p.alive_at
     return {part: round(age, 1) for part, age in ages.items() if age > watchdog_seconds}
 
 
-def worker_alive(worker: Worker, watchdog_seconds: float) -> bool:
+def worker_alive(worker: WorkerView, watchdog_seconds: float) -> bool:
     """For the systemd watchdog: the same rule as ``/healthz``."""
     return not stale_parts(worker, watchdog_seconds)
 
 
-def status_line(worker: Worker) -> str:
+def status_line(worker: WorkerView) -> str:
     """One line for ``systemctl status``: role, epoch, and per stream handled / in flight."""
-    parts = [f"{_role(worker)} epoch {int(getattr(worker, 'epoch', 0))}"]
+    parts = [f"{_role(worker)} epoch {worker.epoch}"]
     parts += [f"{p.stream}: {p.stats.handled} handled, {p.in_flight} in flight" for p in worker.pipelines]
     return "; ".join(parts)
 
@@ -102,7 +99,7 @@ def _json(status: int, payload: Mapping[str, Any], head_only: bool = False, extr
 class HealthServer:
     def __init__(
         self,
-        worker: Worker,
+        worker: WorkerView,
         host: str,
         port: int,
         watchdog_seconds: float,
@@ -232,7 +229,7 @@ class HealthServer:
                 "seconds_since_progress": stale,
                 "watchdog_seconds": self._watchdog,
             }
-        waiting = {p.stream: w for p in worker.pipelines if (w := getattr(p, "waiting_for", None))}
+        waiting = {p.stream: w for p in worker.pipelines if (w := p.waiting_for)}
         if waiting and role == "leader" and not _stopping(worker):
             return 200, {"status": "ok", "role": role, "waiting_for": waiting}
         return 200, {"status": "ok", "role": role}
@@ -240,7 +237,7 @@ class HealthServer:
     async def readiness(self) -> tuple[int, dict[str, Any]]:
         worker = self._worker
         role = _role(worker)
-        checks: Mapping[str, ReadyCheck] = getattr(worker, "ready_checks", None) or {}
+        checks = worker.ready_checks
         names = list(checks)
         results = await asyncio.gather(*(self._check(checks[name]) for name in names))
         stopping = _stopping(worker)

@@ -2,7 +2,7 @@
 
 Nothing on the hot path touches a metric: the pipeline, handlers, cache and publisher keep plain
 integer fields, and a custom collector turns them into metric families when Prometheus scrapes.
-Each Worker gets its own CollectorRegistry (never the process-global default one), so tests and
+Each WorkerView gets its own CollectorRegistry (never the process-global default one), so tests and
 several workers in one process cannot collide. docs/metrics.md lists every metric and the alerts.
 
 Stream pipelines are rebuilt on every leadership term, so their counters restart from zero then;
@@ -24,8 +24,7 @@ from prometheus_client.registry import Collector
 from worker.streams import PROFILES
 
 if TYPE_CHECKING:
-    from worker.daemon import Worker
-    from worker.tailer.pipeline import StreamPipeline
+    from worker.stats import StreamView, WorkerView
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "fanout_"
@@ -52,17 +51,15 @@ def _epoch_seconds(moment: datetime) -> float:
     return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def checkpoint_saved_at(pipeline: StreamPipeline) -> float | None:
+def checkpoint_saved_at(pipeline: StreamView) -> float | None:
     """time.time() of the newest checkpoint of this stream: saved by us, else the one loaded."""
-    saved: float | None = getattr(pipeline, "checkpoint_saved_at", None)
-    if saved is not None:
-        return saved
-    loaded = getattr(pipeline, "checkpoint", None)
-    saved_at = getattr(loaded, "saved_at", None)
-    return _epoch_seconds(saved_at) if isinstance(saved_at, datetime) else None
+    if pipeline.checkpoint_saved_at is not None:
+        return pipeline.checkpoint_saved_at
+    loaded = pipeline.checkpoint
+    return _epoch_seconds(loaded.saved_at) if loaded is not None else None
 
 
-def change_stream_lag(pipeline: StreamPipeline, now: float) -> float | None:
+def change_stream_lag(pipeline: StreamView, now: float) -> float | None:
     """Seconds from the cluster time of the oldest unfinished event to now; 0 when nothing is in flight.
 
     With nothing in flight the worker has finished everything the server returned, so it is caught
@@ -72,22 +69,22 @@ def change_stream_lag(pipeline: StreamPipeline, now: float) -> float | None:
     exposes the oldest pending event (``oldest_pending_time``), the last contiguous handled event
     stands in for it, which overstates the lag of the first event after a quiet spell.
     """
-    since: float | None = getattr(pipeline, "reopening_since", None)
+    since = pipeline.reopening_since
     down = None if since is None else max(0.0, now - since)
     lag: float | None = 0.0
     if pipeline.in_flight:
         mark = pipeline.watermark
-        oldest: datetime | None = getattr(mark, "oldest_pending_time", None) or mark.event_time
+        oldest = mark.oldest_pending_time or mark.event_time
         lag = None if oldest is None else max(0.0, now - _epoch_seconds(oldest))
     return lag if down is None else max(lag or 0.0, down)
 
 
-def reopening(pipeline: StreamPipeline, now: float) -> str | None:
+def reopening(pipeline: StreamView, now: float) -> str | None:
     """``reopening (3 failures, 42 s)`` while the stream fails to (re)open or read, else None."""
-    since: float | None = getattr(pipeline, "reopening_since", None)
+    since = pipeline.reopening_since
     if since is None:
         return None
-    failures = int(getattr(pipeline, "reopen_failures", 0))
+    failures = pipeline.reopen_failures
     return f"reopening ({failures} failure{'s' if failures != 1 else ''}, {max(0.0, now - since):.0f} s)"
 
 
@@ -96,7 +93,7 @@ class WorkerCollector(Collector):
 
     def __init__(
         self,
-        worker: Worker,
+        worker: WorkerView,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -128,7 +125,7 @@ class WorkerCollector(Collector):
             events,
         )
 
-        def per_stream(value: Callable[[StreamPipeline], float | None]) -> Rows:
+        def per_stream(value: Callable[[StreamView], float | None]) -> Rows:
             rows = ((p.stream, value(p)) for p in pipelines)
             return [((stream,), v) for stream, v in rows if v is not None]
 
@@ -160,16 +157,16 @@ class WorkerCollector(Collector):
             "stream_gaps",
             "Windows of history skipped after the change stream lost its resume point.",
             stream,
-            per_stream(lambda p: getattr(p.stats, "gaps", None)),
+            per_stream(lambda p: p.stats.gaps),
         )
         yield _gauge(
             "in_flight_events", "Events read but not finished.", stream, per_stream(lambda p: p.in_flight)
         )
-        if str(getattr(w, "role", "leader")) != "leader":
+        if w.role != "leader":
             return  # a standby tails nothing: ages of its last term's pipelines would only mislead
         now, mono = self._wall(), self._monotonic()
 
-        def age(p: StreamPipeline) -> float | None:
+        def age(p: StreamView) -> float | None:
             saved = checkpoint_saved_at(p)
             return None if saved is None else max(0.0, now - saved)
 
@@ -189,13 +186,13 @@ class WorkerCollector(Collector):
             "stream_up",
             "1 while the change stream reads; 0 while it fails to (re)open or read.",
             stream,
-            per_stream(lambda p: float(getattr(p, "reopening_since", None) is None)),
+            per_stream(lambda p: float(p.reopening_since is None)),
         )
         yield _gauge(
             "stream_reopen_failures",
             "Consecutive failures to (re)open or read the change stream (0 when it reads).",
             stream,
-            per_stream(lambda p: getattr(p, "reopen_failures", 0)),
+            per_stream(lambda p: p.reopen_failures),
         )
         yield _gauge(
             "last_progress_age_seconds",
@@ -232,9 +229,9 @@ class WorkerCollector(Collector):
             (),
             [((), pub.blocked_seconds)],
         )
-        in_flight: int | None = getattr(rt.publisher, "in_flight", None)
-        if in_flight is not None:
-            yield _gauge("publishes_in_flight", "Publishes awaiting a confirm.", (), [((), in_flight)])
+        yield _gauge(
+            "publishes_in_flight", "Publishes awaiting a confirm.", (), [((), rt.publisher.in_flight)]
+        )
         posts = rt.posts.stats
         yield _counter("posts_handled", "Posts fanned out.", (), [((), posts.posts)])
         yield _counter("recipients", "Followers a post was fanned out to.", (), [((), posts.recipients)])
@@ -243,25 +240,25 @@ class WorkerCollector(Collector):
             "profiles_deleted",
             "Deleted profiles tombstoned in every cache layer and on every replica.",
             (),
-            [((), getattr(profiles, "deleted", 0))],
+            [((), profiles.deleted)],
         )
         yield _counter(
             "profile_changes_stale",
             "Profile changes older than a version already seen (cache layers): not announced.",
             (),
-            [((), getattr(profiles, "stale", 0))],
+            [((), profiles.stale)],
         )
         yield _counter(
             "profile_changes_unbumped",
             "Profile display changes that kept the version already seen with other content.",
             (),
-            [((), getattr(profiles, "unbumped", 0))],
+            [((), profiles.unbumped)],
         )
         yield _counter(
             "follower_ids_skipped",
             "Follow edges skipped because their follower_id is not a string.",
             (),
-            [((), getattr(rt.posts, "invalid_follower_ids", 0))],
+            [((), rt.posts.invalid_follower_ids)],
         )
 
     def _cache(self) -> Iterator[Metric]:
@@ -287,18 +284,18 @@ class WorkerCollector(Collector):
             "cache_l2_repairs_pending",
             "Profile changes Redis missed while down, to be written when it answers.",
             (),
-            [((), float(getattr(cache, "repairs_pending", 0)))],
+            [((), float(cache.repairs_pending))],
         )
         yield _counter(
             "cache_l2_repairs_dropped",
             "Missed Redis writes dropped because the repair backlog was full (stale until TTL).",
             (),
-            [((), getattr(c, "repairs_dropped", 0))],
+            [((), c.repairs_dropped)],
         )
 
     def _leadership(self) -> Iterator[Metric]:
         w = self._worker
-        role = str(getattr(w, "role", "leader"))
+        role = w.role
         yield _gauge(
             "leader",
             "1 while this worker holds the lease and tails the streams.",
@@ -309,12 +306,12 @@ class WorkerCollector(Collector):
             "leader_epoch",
             "Epoch of the lease this worker last held.",
             (),
-            [((), int(getattr(w, "epoch", 0)))],
+            [((), w.epoch)],
         )
         yield _gauge("up", "1 while the worker serves scrapes.", (), [((), 1.0)])
 
 
-def build_registry(worker: Worker) -> CollectorRegistry:
+def build_registry(worker: WorkerView) -> CollectorRegistry:
     """A fresh registry holding only this worker's collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCollector(worker))

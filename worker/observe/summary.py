@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from worker.daemon import Worker
 from worker.observe.metrics import change_stream_lag, reopening
+from worker.stats import WorkerView
 
 
 @dataclass(slots=True)
@@ -22,7 +22,7 @@ class _Totals:
     lookups: int
 
 
-def _totals(worker: Worker) -> _Totals:
+def _totals(worker: WorkerView) -> _Totals:
     rt = worker.runtime
     cs = rt.cache.stats
     hits = cs.l1_hits + cs.l2_hits
@@ -36,7 +36,7 @@ def _totals(worker: Worker) -> _Totals:
     )
 
 
-def summary_line(worker: Worker, before: _Totals, now: _Totals) -> str:
+def summary_line(worker: WorkerView, before: _Totals, now: _Totals) -> str:
     seconds = max(now.at - before.at, 1e-9)
     lookups = now.lookups - before.lookups
     hit_rate = f"{100 * (now.hits - before.hits) / lookups:.0f}%" if lookups else "-"
@@ -57,7 +57,7 @@ def summary_line(worker: Worker, before: _Totals, now: _Totals) -> str:
     )
 
 
-async def summary_loop(worker: Worker, interval_seconds: float) -> None:
+async def summary_loop(worker: WorkerView, interval_seconds: float) -> None:
     before = _totals(worker)
     while True:
         await asyncio.sleep(interval_seconds)

@@ -26,7 +26,22 @@ WALL = 1_750_000_000.0
 MONO = 5_000.0
 
 
+class FakePipeline(SimpleNamespace):
+    """``alive_at`` follows ``last_progress`` as the real pipeline's does, unless a test moves it."""
+
+    _alive = 0.0
+
+    @property
+    def alive_at(self) -> float:
+        return max(self.last_progress, self._alive)
+
+    @alive_at.setter
+    def alive_at(self, value: float) -> None:
+        self._alive = value
+
+
 def pipeline(stream: str, **kw: Any) -> SimpleNamespace:
+    """A stand-in with every field of worker.stats.StreamView."""
     fields: dict[str, Any] = {
         "stream": stream,
         "stats": StreamStats(),
@@ -35,24 +50,35 @@ def pipeline(stream: str, **kw: Any) -> SimpleNamespace:
         "watermark": SimpleNamespace(event_time=None),
         "checkpoint_saved_at": None,
         "checkpoint": None,
+        "waiting_for": None,
+        "reopen_failures": 0,
+        "reopening_since": None,
     }
     fields.update(kw)
-    return SimpleNamespace(**fields)
+    if not hasattr(fields["watermark"], "oldest_pending_time"):
+        fields["watermark"].oldest_pending_time = None
+    return FakePipeline(**fields)
 
 
 def fake_worker(**kw: Any) -> SimpleNamespace:
     runtime = SimpleNamespace(
-        posts=SimpleNamespace(stats=PostStats()),
+        posts=SimpleNamespace(stats=PostStats(), invalid_follower_ids=0),
         profiles=SimpleNamespace(stats=ProfileStats()),
-        cache=SimpleNamespace(stats=CacheStats(), l2=SimpleNamespace(mget_calls=0, errors=0, available=True)),
+        cache=SimpleNamespace(
+            stats=CacheStats(),
+            l2=SimpleNamespace(mget_calls=0, errors=0, available=True),
+            repairs_pending=0,
+        ),
         publisher=SimpleNamespace(stats=PublishStats(), in_flight=0),
     )
-    fields: dict[str, Any] = {
+    fields: dict[str, Any] = {  # every field of worker.stats.WorkerView
         "runtime": runtime,
         "pipelines": [pipeline("posts"), pipeline("profiles")],
         "role": "leader",
         "epoch": 7,
         "stop": asyncio.Event(),
+        "heartbeat": time.monotonic(),
+        "ready_checks": {},
     }
     fields.update(kw)
     return SimpleNamespace(**fields)
@@ -204,9 +230,8 @@ def test_standby_has_no_stream_ages_and_leader_zero() -> None:
     assert m[key("fanout_events_total", stream="posts", type="insert", outcome="read")] == 0  # counters stay
 
 
-def test_no_redis_no_pipelines_no_role_attribute() -> None:
-    w = fake_worker(pipelines=[])
-    del w.role, w.epoch
+def test_no_redis_no_pipelines_and_no_election() -> None:
+    w = fake_worker(pipelines=[], role="leader", epoch=0)  # what a Worker without election reports
     w.runtime.cache.l2 = None
     m = scrape(w)
     assert not any("l2" in name or "redis" in name for name, _ in m)
