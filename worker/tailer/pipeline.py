@@ -4,7 +4,7 @@ Work in flight is bounded by ``max_in_flight_events``: when it is all taken, the
 pulling from the change stream, which is the backpressure. Failures are retried with capped,
 jittered backoff: a dependency that is away for as long as it takes, other transient errors up to
 ``max_attempts``; permanent ones, and those out of attempts, go to the dead letters with the
-reason, and the stream moves on.
+reason, and the stream moves on (the handling of one batch: ``processing.py``).
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ from enrichment.errors import (
     StreamFatal,
     TransientError,
 )
-from handlers.events import ChangeEvent, Token
+from handlers.events import Token
 from handlers.ports import DeadLetters
 from worker.ports import ChangeFeed, Checkpoint, CheckpointStore, EventHandler, Gap
-from worker.retry import Verdict, decide
 from worker.settings import PipelineSettings
 from worker.shutdown import SETTLE_SECONDS, bounded, raise_if_cancelling, settle, until_stopped
-from worker.tailer.eventlog import StreamStats, event_logger
+from worker.tailer.eventlog import StreamStats
+from worker.tailer.processing import BatchProcessor, Item
 from worker.tailer.watermark import Watermark
-
-_Item = tuple[int, ChangeEvent]
 
 # Once stopping: how long the reader may take to come back from its getMore before it is cancelled
 # (that closes the stream, which is fine now), and how long the final checkpoint save may take.
@@ -61,11 +59,14 @@ class StreamPipeline:
         self._cfg = settings
         self._slots = asyncio.Semaphore(settings.max_in_flight_events)
         # Unbounded by itself, but only events holding a slot enter it: bounded by the semaphore.
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Item | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = stats or StreamStats()  # passed in, so counters survive leadership terms
+        self._processor = BatchProcessor(
+            self.stream, handler, dead_letters, settings, self.stats, self._finish
+        )
         self.watermark = Watermark()
         self._saved_version = 0
-        self.stats = stats or StreamStats()  # passed in, so counters survive leadership terms
         self.last_progress = time.monotonic()  # a getMore (or try_next) came back
         self._last_reopen = 0.0  # a failed getMore or open, before a reopen: MongoDB being away
         # What the reader legitimately waits for (room in flight, its checkpoint); None otherwise.
@@ -330,92 +331,11 @@ class StreamPipeline:
                     break
                 batch.append(item)
             self.stats.batches += 1
-            task = asyncio.create_task(self._process(batch))
+            task = asyncio.create_task(self._processor.process(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             if ended:
                 return
-
-    async def _process(self, batch: list[_Item]) -> None:
-        backoff = Backoff(0.05, self._cfg.retry_max_seconds)
-        pending = batch
-        attempt = 1
-        while pending:
-            failed = await self._attempt(pending)
-            raise_if_cancelling()  # a library may have turned our cancellation into a failure
-            retry: list[_Item] = []
-            for i, error in sorted(failed.items()):
-                item = pending[i]
-                decision = decide(error, attempt, self._cfg.max_attempts)
-                if decision.verdict is Verdict.FATAL:
-                    # A handler raising a stream-level error is a bug in it: an ordinary failure.
-                    decision = decide(RuntimeError(decision.reason), attempt, self._cfg.max_attempts)
-                if decision.verdict is Verdict.DEAD_LETTER:
-                    await self._dead_letter(item, decision.reason)
-                else:
-                    waiting_out = decision.verdict is Verdict.WAIT_OUT
-                    event_logger(item[1]).log(
-                        "DEBUG" if waiting_out else "WARNING",
-                        "event failed (attempt {}): {}",
-                        attempt,
-                        decision.reason,
-                    )
-                    retry.append(item)
-            if retry:
-                self.stats.retries += len(retry)
-                for _, event in retry:
-                    self.stats.count(event.op, "retried")
-                delay = backoff.next_delay()
-                logger.bind(stream=self.stream).warning(
-                    "retrying {} event(s) in {:.2f}s: {}", len(retry), delay, next(iter(failed.values()))
-                )
-                await asyncio.sleep(delay)
-            pending = retry
-            attempt += 1
-
-    async def _attempt(self, pending: list[_Item]) -> dict[int, BaseException]:
-        """Run the handler once over ``pending``; finish each success as soon as it is reported."""
-        failed: dict[int, BaseException] = {}
-        reported: set[int] = set()
-
-        def report(i: int, error: BaseException | None) -> None:
-            if i in reported:
-                return
-            reported.add(i)
-            if error is None:
-                seq, event = pending[i]
-                event_logger(event).debug("event handled")
-                self._finish(seq, event.op)  # at once: a slow neighbour must not hold its slot
-            else:
-                failed[i] = error
-
-        try:
-            await self._handler.process([event for _, event in pending], report)
-        except Exception as exc:  # a handler bug: fail whatever it did not report
-            raise_if_cancelling()
-            for i in range(len(pending)):
-                report(i, exc)
-        for i in range(len(pending)):
-            report(i, RuntimeError("handler did not report this event"))
-        return failed
-
-    async def _dead_letter(self, item: _Item, reason: str) -> None:
-        seq, event = item
-        log = event_logger(event)
-        log.error("dead-lettering an event of stream {}: {}", self.stream, reason)
-        # Keep trying until it is stored: moving on without it would lose the event.
-        backoff = Backoff(0.1, self._cfg.retry_max_seconds)
-        while True:
-            try:
-                await self._dead.put(self.stream, event.token, event.raw, reason)
-                break
-            except Exception as exc:
-                raise_if_cancelling()
-                log.warning("dead-letter write failed ({}); retrying", type(exc).__name__)
-                await asyncio.sleep(backoff.next_delay())
-        self.stats.dead_lettered += 1
-        self.stats.count(event.op, "dead_lettered")
-        self._finish(seq, event.op, handled=False)
 
     def _finish(self, seq: int, op: str, handled: bool = True) -> None:
         if handled:
