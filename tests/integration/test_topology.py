@@ -1,4 +1,4 @@
-"""worker/topology against the real RabbitMQ: idempotence, routing, dead-lettering, mismatches.
+"""worker/messaging/topology against the real RabbitMQ: idempotence, routing, dead-lettering, mismatches.
 
 Every test uses names of its own (uuid) and deletes whatever it created, on a fresh channel, since
 the test's channel may have been closed by the broker (406).
