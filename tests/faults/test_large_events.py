@@ -74,8 +74,15 @@ class Running:
     @property
     def worker(self) -> Any:
         """What the summary line, the metrics and /readyz read of a worker leading this one stream."""
+        # Every field of worker.stats.WorkerView: a leader running this one pipeline.
         return SimpleNamespace(
-            runtime=self.runtime, role="leader", epoch=0, pipelines=[self.pipeline], ready_checks={}
+            runtime=self.runtime,
+            role="leader",
+            epoch=0,
+            pipelines=[self.pipeline],
+            ready_checks={},
+            stop=asyncio.Event(),
+            heartbeat=time.monotonic(),
         )
 
 
