@@ -22,12 +22,16 @@ from enrichment.invalidation import RedisInvalidationBus
 from enrichment.memory import MemoryLayer
 from enrichment.ports import InvalidationBus, ProfileSource
 from enrichment.redis_layer import RedisLayer
+from handlers.emitter import JobEmitter
+from handlers.limits import AuthorRateLimiter
 from handlers.ports import DeadLetters, FollowerGraph, PostStore
-from handlers.posts import PostCreatedHandler
+from handlers.posts import PostCreatedHandler, PostStats
 from handlers.profiles import ProfileChangedHandler
 from worker import uris
 from worker.failures import cause
+from worker.fanout.runner import FanoutRunner
 from worker.memory.bus import LocalInvalidationBus
+from worker.memory.jobs import InlineJobQueue
 from worker.messaging.publisher import RabbitPublisher
 from worker.messaging.topology import ensure_topology
 from worker.mongo.feed import MongoChangeFeed
@@ -40,7 +44,7 @@ from worker.mongo.stores import (
     MongoProfileSource,
 )
 from worker.ports import ChangeFeed, CheckpointStore, LeaseStore, ManagedPublisher
-from worker.settings import Settings
+from worker.settings import Role, Settings
 from worker.shutdown import bounded
 from worker.streams import STREAMS
 
@@ -59,6 +63,11 @@ class Runtime:
     checkpoints: CheckpointStore
     dead_letters: DeadLetters
     leases: LeaseStore | None = None  # None: leader election off, this worker always tails
+    # Fan-out jobs: where the tailer publishes them (RabbitMQ, or the inline in-memory stand-in), and
+    # this process's fan-out workers consuming them (None: in-memory jobs, or role "tailer").
+    jobs: ManagedPublisher | None = None
+    fanout: FanoutRunner | None = None
+    role: Role = "all"
     # Readiness probes by dependency name, for /readyz and `fanout-worker check`.
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     # Every client the wiring opened, closed in reverse order of opening, each step bounded.
@@ -83,8 +92,10 @@ def assemble(
     publisher: ManagedPublisher,
     redis_client: aioredis.Redis | None,
     bus: InvalidationBus | None = None,
+    jobs: ManagedPublisher | None = None,
 ) -> Runtime:
-    """Build the cache and handlers over whichever adapters the caller chose."""
+    """Build the cache and handlers over whichever adapters the caller chose. Without a job
+    publisher, jobs run inline in this process (worker/memory/jobs.py, the in-memory stand-in)."""
     r, c, p = settings.redis, settings.cache, settings.pipeline
     l2 = None
     if redis_client is not None:
@@ -101,12 +112,20 @@ def assemble(
     l1 = MemoryLayer(c.l1_max_entries, c.l1_ttl_seconds, c.l1_negative_ttl_seconds)
     cache = LayeredCache(l1, l2, stores.source)
     bus = bus or LocalInvalidationBus()
+    post_stats = PostStats()
+    if jobs is None:
+        jobs = InlineJobQueue(stores.graph, publisher, p.chunk_size, post_stats)
+    f = settings.fanout
+    limiter = (
+        AuthorRateLimiter(f.author_posts_per_second, f.author_burst)
+        if f.author_posts_per_second > 0
+        else None
+    )
+    emitter = JobEmitter(stores.graph, jobs, f.range_size, limiter)
     return Runtime(
         settings=settings,
         feeds=feeds,
-        posts=PostCreatedHandler(
-            cache, stores.posts, stores.graph, publisher, p.chunk_size, p.max_text_bytes
-        ),
+        posts=PostCreatedHandler(cache, stores.posts, emitter, p.max_text_bytes, post_stats),
         profiles=ProfileChangedHandler(cache, bus, stores.posts, publisher, p.rewrite_concurrency),
         cache=cache,
         bus=bus,
@@ -114,6 +133,8 @@ def assemble(
         checkpoints=stores.checkpoints,
         dead_letters=stores.dead_letters,
         leases=stores.leases,
+        jobs=jobs,
+        role=f.role,
     )
 
 

@@ -19,7 +19,8 @@ from aio_pika.abc import AbstractConnection
 from jsonschema import Draft202012Validator
 
 from enrichment.errors import ConfigError, ServiceUnavailable
-from handlers.jobs import FanoutJob, encode_head, job_message
+from handlers.contract import encode_head
+from handlers.jobs import FanoutJob, job_message
 from handlers.ports import OutgoingMessage
 from handlers.ranges import RangePlanner
 from tests.conftest import AMQP_URL
