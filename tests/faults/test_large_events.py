@@ -31,6 +31,7 @@ from tests.faults.daemon import (
     checkpoint,
     checkpoint_past,
     insert_positions,
+    job_settings,
     seed_authors,
     wait_until,
     worker_env,
@@ -74,8 +75,15 @@ class Running:
     @property
     def worker(self) -> Any:
         """What the summary line, the metrics and /readyz read of a worker leading this one stream."""
+        # Every field of worker.stats.WorkerView: a leader running this one pipeline.
         return SimpleNamespace(
-            runtime=self.runtime, role="leader", epoch=0, pipelines=[self.pipeline], ready_checks={}
+            runtime=self.runtime,
+            role="leader",
+            epoch=0,
+            pipelines=[self.pipeline],
+            ready_checks={},
+            stop=asyncio.Event(),
+            heartbeat=time.monotonic(),
         )
 
 
@@ -92,6 +100,7 @@ async def running(
         pipeline={"checkpoint_interval_seconds": 0.1, "retry_max_seconds": 2},
         leader={"enabled": False},
         topology={"declare": False},
+        fanout=job_settings(exchange),
     )
     runtime = await build_runtime(settings)
     saved: list[Checkpoint] = []
@@ -108,6 +117,8 @@ async def running(
     )
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
+    assert runtime.fanout is not None  # role "all": this process fans its jobs out too
+    fanout = asyncio.create_task(runtime.fanout.run(stop, 1.0))
     try:
         await wait_until(
             lambda: pipeline.stats.idle_polls > 0 or task.done(), 10, f"the {stream} stream to open"
@@ -117,7 +128,11 @@ async def running(
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(fanout, 10)
         await runtime.publisher.close(1.0)
+        if runtime.jobs is not None:
+            await runtime.jobs.close(1.0)
         await runtime.resources.aclose()
 
 

@@ -31,6 +31,7 @@ from tests.faults.daemon import (
     checkpoint,
     checkpoint_past,
     insert_positions,
+    job_settings,
     seed_authors,
     wait_until,
     worker_env,
@@ -107,6 +108,7 @@ async def posts_pipeline(
         pipeline={"checkpoint_interval_seconds": 0.1, "retry_max_seconds": 2},
         leader={"enabled": False},
         topology={"declare": False},
+        fanout=job_settings(exchange),
     )
     logs: list[tuple[float, str, str]] = []
     sink = logger.add(
@@ -123,6 +125,8 @@ async def posts_pipeline(
     )
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
+    assert runtime.fanout is not None  # role "all": this process fans its jobs out too
+    fanout = asyncio.create_task(runtime.fanout.run(stop, 1.0))
     running = Running(runtime, pipeline, stop, task, logs)
     try:
         await wait_until(lambda: pipeline.stats.idle_polls > 0 or task.done(), 10, "the posts stream to open")
@@ -131,7 +135,11 @@ async def posts_pipeline(
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(fanout, 10)
         await runtime.publisher.close(1.0)
+        if runtime.jobs is not None:
+            await runtime.jobs.close(1.0)
         await runtime.resources.aclose()
         logger.remove(sink)
 
