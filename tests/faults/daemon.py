@@ -96,6 +96,7 @@ class Daemon:
     """One ``fanout-worker run`` subprocess. Its stderr lines accumulate in ``lines``."""
 
     def __init__(self, env: Mapping[str, str], config: Path = CONFIG, name: str = "daemon") -> None:
+        self.env = dict(env)  # to start another process like it (e.g. a fan-out worker)
         self.name = name
         self.lines: list[str] = []
         self._cond = threading.Condition()
