@@ -57,7 +57,8 @@ class JobEmitter:
         await confirms.wait()
         s = self.stats
         s.jobs += len(jobs)
-        if jobs and jobs[0].lane == "ordinary":
+        # Counted where they go: deferred jobs reach the bulk lane once the delay queue lets them go.
+        if jobs and jobs[0].lane == "ordinary" and not deferred:
             s.ordinary += len(jobs)
         else:
             s.bulk += len(jobs)

@@ -63,8 +63,8 @@ class PostCreatedHandler:
             await self.handle_batch(valid, lambda j, error: report(positions[j], error))
 
     async def handle_batch(self, batch: Sequence[NewPost], report: Report) -> None:
-        """Handle posts that arrived together. A post is done only when every chunk is confirmed
-        and its snapshot is written; each is reported as soon as it is done."""
+        """Handle posts that arrived together. A post is done only when its snapshot is written and
+        every one of its fan-out jobs is confirmed; each is reported as soon as it is done."""
         if not batch:
             return
         try:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC
 from types import SimpleNamespace
@@ -32,7 +32,6 @@ from tests.faults.daemon import (
     checkpoint_past,
     insert_positions,
     job_settings,
-    seed_authors,
     wait_until,
     worker_env,
 )
@@ -49,20 +48,6 @@ from worker.wiring import Runtime, build_runtime
 
 FOLLOWERS = {"a1": ["f1", "f2"]}
 EXIT_STREAM_FATAL = 4
-
-
-@pytest.fixture
-def wm() -> Iterator[WireMongo]:
-    with WireMongo() as server:
-        seed_authors(server, FOLLOWERS)
-        yield server
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    pool = Daemons()
-    yield pool
-    pool.cleanup()
 
 
 @dataclass

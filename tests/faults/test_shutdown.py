@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -26,7 +26,6 @@ from tests.faults.daemon import (
     Daemons,
     checkpoint,
     insert_positions,
-    seed_authors,
     wait_until,
     worker_env,
 )
@@ -39,20 +38,6 @@ pytestmark = pytest.mark.timeout(60)
 DEADLINE = 3.0  # pipeline.shutdown_deadline_seconds
 SLACK = 5.0  # the few seconds the issue allows past the deadline
 FOLLOWERS = {f"a{n}": [f"a{n}-f{i:02d}" for i in range(count)] for n, count in enumerate((3, 7, 12, 23, 1))}
-
-
-@pytest.fixture
-def wm() -> Iterator[WireMongo]:
-    with WireMongo() as server:
-        seed_authors(server, FOLLOWERS)
-        yield server
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    pool = Daemons()
-    yield pool
-    pool.cleanup()
 
 
 class Proxies:

@@ -8,11 +8,9 @@ worker, which replays the same message ids with the same recipients.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.faults.daemon import DB, Daemons, seed_authors, wait_until, worker_env
+from tests.faults.daemon import DB, Daemons, wait_until, worker_env
 from tests.harness import Collector
 from tests.support.wire_mongo import WireMongo
 
@@ -25,26 +23,12 @@ FOLLOWERS = {
 POSTS = {"p0": "star", "p1": "a1", "p2": "star", "p3": "a2", "p4": "a1"}
 
 
-@pytest.fixture
-def wm() -> Iterator[WireMongo]:
-    with WireMongo() as server:
-        yield server
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    pool = Daemons()
-    yield pool
-    pool.cleanup()
-
-
 @pytest.mark.timeout(120)
 async def test_a_fanout_worker_killed_mid_range_loses_nothing_and_replays_identical_ids(
     wm: WireMongo, daemons: Daemons, collector: Collector, exchange: str, key_prefix: str
 ) -> None:
     # Given one tailer and one fan-out worker as separate processes, small ranges and chunks, and a
     # slow chunk path (a small publish window) so the kill lands mid-range
-    seed_authors(wm, FOLLOWERS)
     env = worker_env(
         wm,
         exchange,

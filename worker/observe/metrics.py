@@ -315,13 +315,13 @@ class WorkerCollector(Collector):
             [((lane,), c.in_flight) for lane, c in sorted(runner.consumers.items())],
         )
         yield _gauge(
-            "fanout_connected",
-            "1 while the fan-out workers are connected.",
+            "workers_connected",
+            "1 while this process's fan-out workers are connected.",
             (),
             [((), float(runner.connected))],
         )
         yield _counter(
-            "fanout_reconnects", "Reconnections of the fan-out workers.", (), [((), runner.reconnects)]
+            "worker_reconnects", "Reconnections of the fan-out workers.", (), [((), runner.reconnects)]
         )
 
     def _cache(self) -> Iterator[Metric]:
