@@ -12,12 +12,11 @@ import bisect
 import contextlib
 import itertools
 import operator
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
 from handlers.confirms import ConfirmSet
-from handlers.contract import PostEncoder
-from handlers.ports import Publisher
+from handlers.ports import OutgoingMessage, Publisher
 
 
 class ChunkCounts(Protocol):
@@ -47,10 +46,13 @@ def recipients_of(page: list[str], author_id: str, previous: str | None) -> list
     return page
 
 
+Encode = Callable[[list[str], int, bool], OutgoingMessage]  # (recipients, chunk index, last?)
+
+
 async def send_chunks(
     pages: AsyncGenerator[list[str], None],
     author_id: str,
-    encoder: PostEncoder,
+    encode: Encode,
     publisher: Publisher,
     size: int,
     counts: ChunkCounts,
@@ -63,7 +65,7 @@ async def send_chunks(
     confirms = ConfirmSet()
 
     async def send(recipients: list[str], index: int, last: bool) -> None:
-        confirms.add(await publisher.send(encoder.message(recipients, index, last)))
+        confirms.add(await publisher.send(encode(recipients, index, last)))
         counts.messages += 1
         counts.recipients += len(recipients)
 

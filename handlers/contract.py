@@ -3,20 +3,27 @@ publishes (docs/contract.md, schemas/). A replay encodes the same bytes under th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import orjson
 
 from enrichment.snapshot import AuthorSnapshot
-from handlers.events import NewPost
 from handlers.ports import OutgoingMessage
+
+if TYPE_CHECKING:
+    from handlers.jobs import FanoutJob
 
 POST_CREATED = "post.created"
 PROFILE_UPDATED = "profile.updated"
-SCHEMA = 1  # the ``schema`` number of every message body
+POST_SCHEMA = 2  # post.created bodies: one chunk of one follower range (v2: v1 plus ``range``)
+PROFILE_SCHEMA = 1  # profile.updated bodies
 
 
-def chunk_message_id(post_id: str, index: int) -> str:
-    """``post:{post_id}:chunk:{index}``; ``post_id`` is the typed text of handlers/ids.py."""
-    return f"post:{post_id}:chunk:{index}"
+def chunk_message_id(post_id: str, range_index: int, index: int) -> str:
+    """``post:{post_id}:range:{k}:chunk:{n}``: per range, so ranges fanned out in parallel never
+    share one; deterministic, so a redelivered job replays the same ids. ``post_id`` is the typed
+    text of handlers/ids.py."""
+    return f"post:{post_id}:range:{range_index}:chunk:{index}"
 
 
 def profile_message_id(snapshot: AuthorSnapshot) -> str:
@@ -24,42 +31,46 @@ def profile_message_id(snapshot: AuthorSnapshot) -> str:
     return f"profile:{snapshot.user_id}:v:{snapshot.version}"
 
 
-class PostEncoder:
-    """Encodes the chunks of one post. The post and author parts are encoded once per post; each
-    chunk adds only its recipients and position. Byte for byte what encoding the whole dict gives."""
+def encode_head(
+    post_id: str, author_id: str, created_at: str | None, text: str, author: AuthorSnapshot | None
+) -> bytes:
+    """The post and its author snapshot, encoded once per post (the tailer side)."""
+    return orjson.dumps(
+        {
+            "post": {"id": post_id, "author_id": author_id, "created_at": created_at, "text": text},
+            "author": author.to_dict() if author is not None else None,
+        }
+    )
 
-    __slots__ = ("_head", "_id")
 
-    def __init__(self, post: NewPost, author: AuthorSnapshot | None) -> None:
-        head = orjson.dumps(
-            {
-                "schema": SCHEMA,
-                "type": POST_CREATED,
-                "post": {
-                    "id": post.id_str,
-                    "author_id": post.author_id,
-                    "created_at": post.created_at,
-                    "text": post.text,
-                },
-                "author": author.to_dict() if author is not None else None,
-                "recipients": None,
-            }
+class RangeChunkEncoder:
+    """Encodes the chunks of one job: the head is reused as is; a chunk adds recipients and place."""
+
+    __slots__ = ("_job", "_prefix", "_range")
+
+    def __init__(self, job: FanoutJob) -> None:
+        self._job = job
+        # head[1:-1] is `"post":{...},"author":...`: the object's members without its braces.
+        self._prefix = b'{"schema":%d,"type":"%s",%s,"recipients":' % (
+            POST_SCHEMA,
+            POST_CREATED.encode(),
+            job.head[1:-1],
         )
-        self._head = head[: -len(b"null}")]  # ends with b'"recipients":'
-        self._id = post.id_str
+        self._range = b'},"range":{"index":%d,"count":%d}}' % (job.range_index, job.range_count)
 
     def message(self, recipients: list[str], index: int, last: bool) -> OutgoingMessage:
-        tail = b',"chunk":{"index":%d,"last":%s}}' % (index, b"true" if last else b"false")
+        chunk = b',"chunk":{"index":%d,"last":%s' % (index, b"true" if last else b"false")
+        job = self._job
         return OutgoingMessage(
             routing_key=POST_CREATED,
-            message_id=chunk_message_id(self._id, index),
-            correlation_id=self._id,
-            body=b"".join((self._head, orjson.dumps(recipients), tail)),
+            message_id=chunk_message_id(job.post_id, job.range_index, index),
+            correlation_id=job.post_id,
+            body=b"".join((self._prefix, orjson.dumps(recipients), chunk, self._range)),
         )
 
 
 def profile_message(snapshot: AuthorSnapshot) -> OutgoingMessage:
-    body = {"schema": SCHEMA, "type": PROFILE_UPDATED, "user": snapshot.to_dict()}
+    body = {"schema": PROFILE_SCHEMA, "type": PROFILE_UPDATED, "user": snapshot.to_dict()}
     return OutgoingMessage(
         routing_key=PROFILE_UPDATED,
         message_id=profile_message_id(snapshot),

@@ -20,12 +20,10 @@ from typing import Any, Final, Literal, TypeGuard
 import orjson
 
 from enrichment.errors import InvalidJob
-from enrichment.snapshot import AuthorSnapshot
+from handlers.contract import POST_CREATED
 from handlers.ports import OutgoingMessage
 
 JOB_SCHEMA: Final = 1
-MESSAGE_SCHEMA: Final = 2  # post.created bodies made from jobs: v1 plus ``range``
-POST_CREATED: Final = "post.created"
 KINDS: Final = frozenset({POST_CREATED})  # edits and deletes come later
 Lane = Literal["ordinary", "bulk"]
 LANES: Final[frozenset[str]] = frozenset({"ordinary", "bulk"})
@@ -66,18 +64,6 @@ class FanoutJob:
     def message_id(self) -> str:
         """The job's own AMQP message id: one per range of a post, stable across replays."""
         return f"job:{self.post_id}:range:{self.range_index}"
-
-
-def encode_head(
-    post_id: str, author_id: str, created_at: str | None, text: str, author: AuthorSnapshot | None
-) -> bytes:
-    """The post and its author snapshot, encoded once per post (the tailer side)."""
-    return orjson.dumps(
-        {
-            "post": {"id": post_id, "author_id": author_id, "created_at": created_at, "text": text},
-            "author": author.to_dict() if author is not None else None,
-        }
-    )
 
 
 def encode_job(job: FanoutJob) -> bytes:
@@ -187,29 +173,3 @@ def _check_head(head: Any, post_id: str, author_id: str) -> None:
         and author["version"] >= 0
     ):
         raise InvalidJob("head.author must be null or the author's snapshot")
-
-
-class RangeChunkEncoder:
-    """Encodes the chunks of one job: the head is reused as is; a chunk adds recipients and place."""
-
-    __slots__ = ("_job", "_prefix", "_range")
-
-    def __init__(self, job: FanoutJob) -> None:
-        self._job = job
-        # head[1:-1] is `"post":{...},"author":...`: the object's members without its braces.
-        self._prefix = b'{"schema":%d,"type":"%s",%s,"recipients":' % (
-            MESSAGE_SCHEMA,
-            POST_CREATED.encode(),
-            job.head[1:-1],
-        )
-        self._range = b'},"range":{"index":%d,"count":%d}}' % (job.range_index, job.range_count)
-
-    def message(self, recipients: list[str], index: int, last: bool) -> OutgoingMessage:
-        chunk = b',"chunk":{"index":%d,"last":%s' % (index, b"true" if last else b"false")
-        job = self._job
-        return OutgoingMessage(
-            routing_key=POST_CREATED,
-            message_id=f"post:{job.post_id}:range:{job.range_index}:chunk:{index}",
-            correlation_id=job.post_id,
-            body=b"".join((self._prefix, orjson.dumps(recipients), chunk, self._range)),
-        )

@@ -1,5 +1,5 @@
-"""New posts: enrich the batch once, embed the snapshots, fan out to followers in chunks
-(``handlers/chunks.py``) encoded by the message contract (``handlers/contract.py``)."""
+"""New posts: enrich the batch once, embed the snapshots, and hand each post to fan-out as jobs
+(``handlers/emitter.py``); the post is done when its jobs are confirmed."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ from loguru import logger
 from enrichment.cache import LayeredCache
 from enrichment.errors import InvalidEvent
 from enrichment.snapshot import AuthorSnapshot
-from handlers.chunks import send_chunks
-from handlers.contract import PostEncoder
+from handlers.emitter import JobEmitter
 from handlers.events import ChangeEvent, NewPost, parse_new_post
-from handlers.ports import FollowerGraph, PostStore, Publisher, Report
+from handlers.ports import PostStore, Report
 
 
 @dataclass(slots=True)
 class PostStats:
     posts: int = 0
-    messages: int = 0
+    messages: int = 0  # chunks fanned out by this process (its fan-out side)
     recipients: int = 0
     snapshots_written: int = 0
     author_missing: int = 0
@@ -32,25 +31,20 @@ class PostCreatedHandler:
         self,
         cache: LayeredCache,
         posts: PostStore,
-        graph: FollowerGraph,
-        publisher: Publisher,
-        chunk_size: int,
+        emitter: JobEmitter,
         max_text_bytes: int = 256 * 1024,
+        stats: PostStats | None = None,
     ) -> None:
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be at least 1")
         self._cache = cache
         self._posts = posts
-        self._graph = graph
-        self._publisher = publisher
-        self._chunk_size = chunk_size
+        self.emitter = emitter
         self._max_text = max_text_bytes
-        self.stats = PostStats()
+        self.stats = stats or PostStats()
 
     @property
     def invalid_follower_ids(self) -> int:
         """Follow edges skipped because their follower_id is not a string (see FollowerGraph)."""
-        return self._graph.invalid_ids
+        return self.emitter.graph.invalid_ids
 
     async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
         """Validate, then handle the valid posts as one batch, reporting each post as it finishes.
@@ -69,8 +63,8 @@ class PostCreatedHandler:
             await self.handle_batch(valid, lambda j, error: report(positions[j], error))
 
     async def handle_batch(self, batch: Sequence[NewPost], report: Report) -> None:
-        """Handle posts that arrived together. A post is done only when every chunk is confirmed
-        and its snapshot is written; each is reported as soon as it is done."""
+        """Handle posts that arrived together. A post is done only when its snapshot is written and
+        every one of its fan-out jobs is confirmed; each is reported as soon as it is done."""
         if not batch:
             return
         try:
@@ -103,6 +97,4 @@ class PostCreatedHandler:
             # post's snapshot when the profile appears. Dropping the fan-out would lose the post.
             self.stats.author_missing += 1
             logger.warning("post {} has no profile for author {}", post.id_str, post.author_id)
-        encoder = PostEncoder(post, author)
-        pages = self._graph.follower_pages(post.author_id)
-        await send_chunks(pages, post.author_id, encoder, self._publisher, self._chunk_size, self.stats)
+        await self.emitter.emit(post, author)

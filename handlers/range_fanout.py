@@ -9,13 +9,45 @@ the same message ids with the same recipients while the range's followers are un
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
-from handlers.chunks import recipients_of
-from handlers.confirms import ConfirmSet
-from handlers.jobs import FanoutJob, RangeChunkEncoder
-from handlers.ports import FollowerGraph, OutgoingMessage, Publisher
+from handlers.chunks import ChunkCounts, send_chunks
+from handlers.contract import RangeChunkEncoder
+from handlers.jobs import FanoutJob
+from handlers.ports import FollowerGraph, Publisher
+
+
+class _Tee:
+    """This range's counts, added live to the process's too (``process_counts``), if given."""
+
+    def __init__(self, process: ChunkCounts | None) -> None:
+        self._process = process
+        self._messages = 0
+        self._recipients = 0
+
+    @property
+    def messages(self) -> int:
+        return self._messages
+
+    @messages.setter
+    def messages(self, value: int) -> None:
+        if self._process is not None:
+            self._process.messages += value - self._messages
+        self._messages = value
+
+    @property
+    def recipients(self) -> int:
+        return self._recipients
+
+    @recipients.setter
+    def recipients(self, value: int) -> None:
+        if self._process is not None:
+            self._process.recipients += value - self._recipients
+        self._recipients = value
+
+    def add(self, messages: int, recipients: int) -> None:
+        self.messages += messages
+        self.recipients += recipients
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +57,11 @@ class RangeResult:
 
 
 async def fan_out_range(
-    job: FanoutJob, graph: FollowerGraph, publisher: Publisher, chunk_size: int
+    job: FanoutJob,
+    graph: FollowerGraph,
+    publisher: Publisher,
+    chunk_size: int,
+    process_counts: ChunkCounts | None = None,
 ) -> RangeResult:
     """Publish the chunks of ``job``'s range and wait for every confirm.
 
@@ -34,44 +70,12 @@ async def fan_out_range(
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    encoder = RangeChunkEncoder(job)
-    confirms = ConfirmSet()
-    sent = recipients = 0
-
-    async def send(message: OutgoingMessage, count: int) -> None:
-        nonlocal sent, recipients
-        confirms.add(await publisher.send(message))
-        sent += 1
-        recipients += count
-
-    ready: list[str] | None = None  # one chunk of look-ahead, so the last one can say it is last
-    buffered: list[str] = []
-    previous: str | None = None
+    counts = _Tee(process_counts)
     rng = job.range
-    # aclosing: a failed publish stops the loop and closes the follower cursor at once.
-    async with contextlib.aclosing(graph.follower_pages(job.author_id, rng.after, rng.until)) as pages:
-        async for page in pages:
-            page = recipients_of(page, job.author_id, previous)
-            if not page:
-                continue
-            previous = page[-1]
-            buffered = buffered + page if buffered else page
-            start, end = 0, len(buffered)
-            while end - start >= chunk_size:
-                if ready is not None:
-                    await send(encoder.message(ready, sent, last=False), len(ready))
-                ready = buffered[start : start + chunk_size]
-                start += chunk_size
-            if start:
-                buffered = buffered[start:]
-            if confirms.failed:
-                break
-    if not confirms.failed:
-        if ready is not None:
-            await send(encoder.message(ready, sent, last=not buffered), len(ready))
-        if buffered:
-            await send(encoder.message(buffered, sent, last=True), len(buffered))
-        if sent == 0 and job.range_count > 1:
-            await send(encoder.message([], 0, last=True), 0)
-    await confirms.wait()
-    return RangeResult(sent, recipients)
+    pages = graph.follower_pages(job.author_id, rng.after, rng.until)
+    encode = RangeChunkEncoder(job).message
+    await send_chunks(pages, job.author_id, encode, publisher, chunk_size, counts)
+    if counts.messages == 0 and job.range_count > 1:
+        await (await publisher.send(encode([], 0, True)))
+        counts.add(1, 0)
+    return RangeResult(counts.messages, counts.recipients)

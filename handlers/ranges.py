@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from handlers.jobs import POST_CREATED, FanoutJob, FollowerRange, Lane
+from handlers.contract import POST_CREATED
+from handlers.jobs import FanoutJob, FollowerRange, Lane
 from handlers.ports import FollowerGraph
 
 

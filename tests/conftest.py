@@ -58,14 +58,20 @@ async def collector(exchange: str) -> AsyncIterator[Collector]:
         pytest.fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({exc!r}); run scripts/ensure-services.sh")
     yield c
     await c.close()
+    await _delete_exchange(exchange)  # and the job queues of any daemon that used it
 
 
 async def _delete_exchange(name: str) -> None:
+    """Delete a test daemon's exchange and the job queues named after it (tests/faults/daemon.py)."""
     import aio_pika
 
     connection = await aio_pika.connect(AMQP_URL, timeout=5)
     channel = await connection.channel()
     await channel.exchange_delete(name)
+    for suffix in ("ordinary", "bulk", "deferred", "dead"):
+        await channel.queue_delete(f"{name}.jobs.{suffix}")
+    await channel.exchange_delete(f"{name}.jobs")
+    await channel.exchange_delete(f"{name}.jobs.dlx")
     await connection.close()
 
 

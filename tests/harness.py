@@ -12,10 +12,18 @@ import aio_pika
 import orjson
 import redis.asyncio as aioredis
 
-from handlers.events import ChangeEvent
+from enrichment.cache import LayeredCache
+from enrichment.snapshot import AuthorSnapshot
+from handlers.contract import POST_CREATED, RangeChunkEncoder, encode_head
+from handlers.emitter import JobEmitter
+from handlers.events import ChangeEvent, NewPost
+from handlers.jobs import FanoutJob, FollowerRange
+from handlers.ports import FollowerGraph, OutgoingMessage, PostStore, Publisher
+from handlers.posts import PostCreatedHandler, PostStats
 from worker.daemon import Worker
 from worker.memory.db import MemoryDatabase
 from worker.memory.feed import memory_feeds
+from worker.memory.jobs import InlineJobQueue
 from worker.memory.stores import (
     MemoryCheckpointStore,
     MemoryDeadLetters,
@@ -178,3 +186,43 @@ async def handle_events(handler: EventHandler, events: Sequence[ChangeEvent]) ->
     results: list[BaseException | None] = [None] * len(events)
     await handler.process(events, results.__setitem__)
     return results
+
+
+def post_handler(
+    cache: LayeredCache,
+    posts: PostStore,
+    graph: FollowerGraph,
+    publisher: Publisher,
+    chunk_size: int,
+    max_text_bytes: int = 256 * 1024,
+    range_size: int = 10_000,
+) -> PostCreatedHandler:
+    """A post handler whose jobs run inline (the in-memory job stand-in), publishing chunks to
+    ``publisher``: the tailer and fan-out code paths in one call, as ``assemble`` wires them."""
+    stats = PostStats()
+    jobs = InlineJobQueue(graph, publisher, chunk_size, stats)
+    return PostCreatedHandler(cache, posts, JobEmitter(graph, jobs, range_size), max_text_bytes, stats)
+
+
+def chunk_of(
+    post: NewPost,
+    author: AuthorSnapshot | None,
+    recipients: list[str],
+    index: int,
+    last: bool,
+    range_index: int = 0,
+    range_count: int = 1,
+) -> OutgoingMessage:
+    """The post.created chunk a fan-out worker makes of ``post``'s range ``range_index``."""
+    head = encode_head(post.id_str, post.author_id, post.created_at, post.text, author)
+    job = FanoutJob(
+        POST_CREATED,
+        post.id_str,
+        post.author_id,
+        head,
+        FollowerRange(),
+        range_index,
+        range_count,
+        "ordinary" if range_count == 1 else "bulk",
+    )
+    return RangeChunkEncoder(job).message(recipients, index, last)

@@ -50,7 +50,8 @@ class Worker:
     def __init__(self, runtime: Runtime, leadership: Leadership | None = None) -> None:
         self.runtime = runtime
         self.stop = asyncio.Event()
-        if leadership is None and runtime.leases is not None:
+        self.tails = runtime.role != "fanout"  # a fan-out-only process holds no lease, reads no stream
+        if leadership is None and runtime.leases is not None and self.tails:
             leadership = Leadership(runtime.leases, runtime.settings.leader)
         self.leadership = leadership
         self.epoch = 0
@@ -64,7 +65,10 @@ class Worker:
 
     @property
     def role(self) -> str:
-        """ "leader" or "standby" once known; "starting" before. Without election, always leader."""
+        """ "leader" or "standby" once known; "starting" before. Without election, always leader.
+        "fanout" for a process that only runs fan-out workers (``fanout.role = "fanout"``)."""
+        if not self.tails:
+            return "fanout"
         return self.leadership.role if self.leadership is not None else "leader"
 
     def _pipelines(self, epoch: int) -> list[StreamPipeline]:
@@ -106,10 +110,15 @@ class Worker:
             self.runtime.bus.run(cache.on_remote_invalidation, cache.clear_local), name="invalidations"
         )
         beat = asyncio.create_task(self._beat(), name="heartbeat")
+        runner = self.runtime.fanout
+        drain = self.runtime.settings.pipeline.shutdown_deadline_seconds
+        fanout = asyncio.create_task(runner.run(self.stop, drain), name="fan-out") if runner else None
         try:
-            if self.leadership is None:
+            if not self.tails:
+                await self._fanout_only(fanout)
+            elif self.leadership is None:
                 await self._term(None)
-            while self.leadership is not None and not self.stop.is_set():
+            while self.tails and self.leadership is not None and not self.stop.is_set():
                 # Raced against stop: a lease store that does not answer must not hold a shutdown.
                 lease = await until_stopped(self.leadership.acquire(self.stop), self.stop, 0.0)
                 if lease is None:
@@ -119,10 +128,28 @@ class Worker:
             self.stop.set()
             self.stage = "stopping the invalidation listener"
             await settle([listener, beat], SETTLE_SECONDS)
+            if fanout is not None:
+                # The tailer has drained; the fan-out workers finish the jobs in hand (acked once
+                # their chunks are confirmed) within the same deadline; the rest are redelivered.
+                self.stage = "draining fan-out jobs"
+                await bounded("draining fan-out jobs", asyncio.shield(fanout), drain + STEP_SECONDS)
+                await settle([fanout], SETTLE_SECONDS)
             if self.leadership is not None:
                 self.stage = "releasing the lease"
                 await bounded("releasing the lease", self.leadership.release(), STEP_SECONDS)
             await self.close()
+
+    async def _fanout_only(self, fanout: asyncio.Task[None] | None) -> None:
+        """A fan-out-only process: run until stop, or until the fan-out workers fail."""
+        if fanout is None:
+            raise RuntimeError("fanout.role = 'fanout' but no fan-out workers were wired")
+        stopped = asyncio.create_task(self.stop.wait())
+        try:
+            await asyncio.wait([stopped, fanout], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if fanout.done() and not fanout.cancelled() and (exc := fanout.exception()) is not None:
+            raise exc
 
     async def _term(self, lease: Lease | None) -> None:
         """One leadership term: run the pipelines until stop, a lost lease, or a fatal error."""
@@ -175,6 +202,11 @@ class Worker:
         drain = 0.0 if self.hard_stop else STEP_SECONDS
         self.stage = "closing the publisher"
         await bounded("closing the publisher", self.runtime.publisher.close(drain), drain + 2 * STEP_SECONDS)
+        if self.runtime.jobs is not None:
+            self.stage = "closing the job publisher"
+            await bounded(
+                "closing the job publisher", self.runtime.jobs.close(drain), drain + 2 * STEP_SECONDS
+            )
         self.stage = "closing the clients"
         await self.runtime.resources.aclose()
         self.stage = "stopped"

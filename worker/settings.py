@@ -168,9 +168,15 @@ class LogSettings(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+Role = Literal["all", "tailer", "fanout"]
+
+
 class FanoutSettings(_Section):
     """``[fanout]``: the job queues between the tailer and the fan-out workers (worker/messaging/jobs)."""
 
+    # What this process runs: "tailer" (the lease, both streams, enrichment, the profile cascade;
+    # emits jobs), "fanout" (consumes jobs, publishes chunks; any number of them) or "all" (both).
+    role: Role = "all"
     declare: bool = True
     exchange: str = Field("fanout.jobs", min_length=1)
     ordinary_queue: str = Field("fanout.jobs.ordinary", min_length=1)

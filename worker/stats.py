@@ -14,8 +14,11 @@ from datetime import datetime
 from typing import Protocol
 
 from enrichment.cache import CacheStats
+from handlers.emitter import EmitStats
+from handlers.jobs import Lane
 from handlers.posts import PostStats
 from handlers.profiles import ProfileStats
+from worker.fanout.consumer import FanoutStats
 from worker.ports import Checkpoint, PublishStats
 from worker.tailer.eventlog import StreamStats
 
@@ -109,9 +112,41 @@ class PublisherView(Protocol):
     def in_flight(self) -> int: ...
 
 
+class EmitterView(Protocol):
+    @property
+    def stats(self) -> EmitStats: ...
+
+
+class LaneView(Protocol):
+    @property
+    def stats(self) -> FanoutStats: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+class FanoutView(Protocol):
+    """This process's fan-out workers (role fanout or all)."""
+
+    @property
+    def consumers(self) -> Mapping[Lane, LaneView]: ...
+
+    @property
+    def depths(self) -> Mapping[Lane, int | None]: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def reconnects(self) -> int: ...
+
+
 class PostsView(Protocol):
     @property
     def stats(self) -> PostStats: ...
+
+    @property
+    def emitter(self) -> EmitterView: ...
 
     @property
     def invalid_follower_ids(self) -> int: ...
@@ -134,6 +169,9 @@ class RuntimeView(Protocol):
 
     @property
     def publisher(self) -> PublisherView: ...
+
+    @property
+    def fanout(self) -> FanoutView | None: ...
 
 
 class WorkerView(Protocol):

@@ -22,12 +22,18 @@ from enrichment.invalidation import RedisInvalidationBus
 from enrichment.memory import MemoryLayer
 from enrichment.ports import InvalidationBus, ProfileSource
 from enrichment.redis_layer import RedisLayer
+from handlers.chunks import ChunkCounts
+from handlers.emitter import JobEmitter
+from handlers.limits import AuthorRateLimiter
 from handlers.ports import DeadLetters, FollowerGraph, PostStore
-from handlers.posts import PostCreatedHandler
+from handlers.posts import PostCreatedHandler, PostStats
 from handlers.profiles import ProfileChangedHandler
 from worker import uris
 from worker.failures import cause
+from worker.fanout.runner import FanoutRunner
 from worker.memory.bus import LocalInvalidationBus
+from worker.memory.jobs import InlineJobQueue
+from worker.messaging.jobs import ensure_job_topology
 from worker.messaging.publisher import RabbitPublisher
 from worker.messaging.topology import ensure_topology
 from worker.mongo.feed import MongoChangeFeed
@@ -40,7 +46,7 @@ from worker.mongo.stores import (
     MongoProfileSource,
 )
 from worker.ports import ChangeFeed, CheckpointStore, LeaseStore, ManagedPublisher
-from worker.settings import Settings
+from worker.settings import Role, Settings
 from worker.shutdown import bounded
 from worker.streams import STREAMS
 
@@ -59,6 +65,11 @@ class Runtime:
     checkpoints: CheckpointStore
     dead_letters: DeadLetters
     leases: LeaseStore | None = None  # None: leader election off, this worker always tails
+    # Fan-out jobs: where the tailer publishes them (RabbitMQ, or the inline in-memory stand-in), and
+    # this process's fan-out workers consuming them (None: in-memory jobs, or role "tailer").
+    jobs: ManagedPublisher | None = None
+    fanout: FanoutRunner | None = None
+    role: Role = "all"
     # Readiness probes by dependency name, for /readyz and `fanout-worker check`.
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     # Every client the wiring opened, closed in reverse order of opening, each step bounded.
@@ -83,8 +94,10 @@ def assemble(
     publisher: ManagedPublisher,
     redis_client: aioredis.Redis | None,
     bus: InvalidationBus | None = None,
+    jobs: ManagedPublisher | None = None,
 ) -> Runtime:
-    """Build the cache and handlers over whichever adapters the caller chose."""
+    """Build the cache and handlers over whichever adapters the caller chose. Without a job
+    publisher, jobs run inline in this process (worker/memory/jobs.py, the in-memory stand-in)."""
     r, c, p = settings.redis, settings.cache, settings.pipeline
     l2 = None
     if redis_client is not None:
@@ -101,12 +114,20 @@ def assemble(
     l1 = MemoryLayer(c.l1_max_entries, c.l1_ttl_seconds, c.l1_negative_ttl_seconds)
     cache = LayeredCache(l1, l2, stores.source)
     bus = bus or LocalInvalidationBus()
+    post_stats = PostStats()
+    if jobs is None:
+        jobs = InlineJobQueue(stores.graph, publisher, p.chunk_size, post_stats)
+    f = settings.fanout
+    limiter = (
+        AuthorRateLimiter(f.author_posts_per_second, f.author_burst)
+        if f.author_posts_per_second > 0
+        else None
+    )
+    emitter = JobEmitter(stores.graph, jobs, f.range_size, limiter)
     return Runtime(
         settings=settings,
         feeds=feeds,
-        posts=PostCreatedHandler(
-            cache, stores.posts, stores.graph, publisher, p.chunk_size, p.max_text_bytes
-        ),
+        posts=PostCreatedHandler(cache, stores.posts, emitter, p.max_text_bytes, post_stats),
         profiles=ProfileChangedHandler(cache, bus, stores.posts, publisher, p.rewrite_concurrency),
         cache=cache,
         bus=bus,
@@ -114,6 +135,8 @@ def assemble(
         checkpoints=stores.checkpoints,
         dead_letters=stores.dead_letters,
         leases=stores.leases,
+        jobs=jobs,
+        role=f.role,
     )
 
 
@@ -133,6 +156,7 @@ def redis_client(settings: Settings) -> aioredis.Redis:
 
 
 def rabbit_publisher(settings: Settings) -> RabbitPublisher:
+    """Messages to consumers (chunks, profile.updated) on ``rabbitmq.exchange``."""
     q = settings.rabbitmq
     return RabbitPublisher(
         q.url.get_secret_value(),
@@ -140,6 +164,36 @@ def rabbit_publisher(settings: Settings) -> RabbitPublisher:
         q.publish_window,
         q.confirm_timeout_seconds,
         q.reconnect_max_seconds,
+    )
+
+
+def job_publisher(settings: Settings) -> RabbitPublisher:
+    """Fan-out jobs on ``fanout.exchange``: an unroutable job fails its post instead of vanishing."""
+    q = settings.rabbitmq
+    return RabbitPublisher(
+        q.url.get_secret_value(),
+        settings.fanout.exchange,
+        q.publish_window,
+        q.confirm_timeout_seconds,
+        q.reconnect_max_seconds,
+        unroutable_fails=True,
+    )
+
+
+def fanout_runner(
+    settings: Settings, graph: FollowerGraph, chunks: ManagedPublisher, counts: ChunkCounts
+) -> FanoutRunner:
+    """This process's fan-out workers: a consumer per lane on one connection."""
+    q = settings.rabbitmq
+    return FanoutRunner(
+        q.url.get_secret_value(),
+        settings.fanout,
+        graph,
+        chunks,
+        settings.pipeline.chunk_size,
+        q.confirm_timeout_seconds,
+        q.reconnect_max_seconds,
+        counts=counts,
     )
 
 
@@ -229,36 +283,56 @@ async def _build(settings: Settings, stack: AsyncExitStack) -> Runtime:
         dead_letters=MongoDeadLetters(db[m.dead_letters]),
         leases=leases if settings.leader.enabled else None,
     )
-    redis = open_redis(settings, stack)
-    try:
-        await redis.ping()
-    except (RedisError, OSError) as exc:
-        where = uris.validate_redis(settings.redis.url.get_secret_value()).endpoints()
-        raise ServiceUnavailable(f"Redis is unreachable: {where}: {cause(exc)}") from None
+    role = settings.fanout.role
+    tails = role != "fanout"
+    redis: aioredis.Redis | None = None
+    if tails:  # a fan-out worker reads followers and publishes chunks: no cache, no Redis
+        redis = open_redis(settings, stack)
+        try:
+            await redis.ping()
+        except (RedisError, OSError) as exc:
+            where = uris.validate_redis(settings.redis.url.get_secret_value()).endpoints()
+            raise ServiceUnavailable(f"Redis is unreachable: {where}: {cause(exc)}") from None
     publisher = rabbit_publisher(settings)
+    jobs = job_publisher(settings)
     # Closed by the daemon first (it drains confirms); here only if start-up fails after this.
     start_failed = AsyncExitStack()
     start_failed.push_async_callback(publisher.close)
+    start_failed.push_async_callback(jobs.close)
     async with start_failed:
         await publisher.connect()
-        # Consumer queues first, so fan-out messages always have somewhere to go.
-        await ensure_topology(
-            settings.rabbitmq.url.get_secret_value(),
-            settings.rabbitmq.exchange,
-            settings.topology,
-            settings.rabbitmq.confirm_timeout_seconds,
-        )
+        url, timeout = settings.rabbitmq.url.get_secret_value(), settings.rabbitmq.confirm_timeout_seconds
+        # Consumer queues first, so fan-out messages always have somewhere to go; then the job
+        # queues, so jobs do too.
+        await ensure_topology(url, settings.rabbitmq.exchange, settings.topology, timeout)
+        await ensure_job_topology(url, settings.fanout, timeout)
+        if tails:
+            await jobs.connect()
         start_failed.pop_all()
-    runtime = assemble(settings, feeds, stores, publisher, redis)
+    runtime = assemble(settings, feeds, stores, publisher, redis, jobs=jobs)
+    if role != "tailer":
+        runtime.fanout = fanout_runner(settings, stores.graph, publisher, runtime.posts.stats)
 
     async def mongo_ok() -> bool:
         return bool((await mongo.admin.command("ping")).get("ok"))
 
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
-
     # Readiness reports every dependency; liveness (/healthz) alone decides restarts, so a Redis
     # outage, which the worker survives on L1 and the source, never gets it killed.
-    runtime.checks = {"mongodb": mongo_ok, "redis": redis_ok, "rabbitmq": publisher.check}
-    runtime.labels = {"mongodb": "PyMongo", "redis": "Redis", "rabbitmq": "RabbitMQ"}
+    runtime.checks = {"mongodb": mongo_ok, "rabbitmq": publisher.check}
+    runtime.labels = {"mongodb": "PyMongo", "rabbitmq": "RabbitMQ", "jobs": "RabbitMQ job queues"}
+    if redis is not None:
+        client = redis
+
+        async def redis_ok() -> bool:
+            return bool(await client.ping())
+
+        runtime.checks["redis"] = redis_ok
+        runtime.labels["redis"] = "Redis"
+    runner = runtime.fanout
+    if runner is not None:
+
+        async def fanout_ok() -> bool:
+            return runner.connected
+
+        runtime.checks["fanout"] = fanout_ok
     return runtime

@@ -39,6 +39,23 @@ LEASES = "fanout_leases"
 REDIS_URL = os.environ.get("FANOUT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")  # as in conftest
 
 
+def job_settings(exchange: str) -> dict[str, str]:
+    """The ``[fanout]`` section of a test's own job queues, for ``load_settings``."""
+    return {k.removeprefix("FANOUT_FANOUT__").lower(): v for k, v in job_names(exchange).items()}
+
+
+def job_names(exchange: str) -> dict[str, str]:
+    """``[fanout]`` names derived from a test's exchange, as FANOUT_FANOUT__* variables."""
+    return {
+        "FANOUT_FANOUT__EXCHANGE": f"{exchange}.jobs",
+        "FANOUT_FANOUT__ORDINARY_QUEUE": f"{exchange}.jobs.ordinary",
+        "FANOUT_FANOUT__BULK_QUEUE": f"{exchange}.jobs.bulk",
+        "FANOUT_FANOUT__DEFERRED_QUEUE": f"{exchange}.jobs.deferred",
+        "FANOUT_FANOUT__DEAD_LETTER_EXCHANGE": f"{exchange}.jobs.dlx",
+        "FANOUT_FANOUT__DEAD_LETTER_QUEUE": f"{exchange}.jobs.dead",
+    }
+
+
 def worker_env(wm: WireMongo, exchange: str, key_prefix: str, **overrides: str) -> dict[str, str]:
     """The environment of a test daemon: fast cadences, unique exchange and prefix, JSON logs.
 
@@ -65,6 +82,9 @@ def worker_env(wm: WireMongo, exchange: str, key_prefix: str, **overrides: str) 
             # Leave the broker alone: the default consumer queues are shared and durable, binding them
             # to every test exchange would pile up test messages nobody consumes.
             "FANOUT_TOPOLOGY__DECLARE": "false",
+            # Job queues of the test's own: jobs a killed daemon leaves behind must not reach
+            # another test (tests/conftest.py's daemon_exchange deletes them afterwards).
+            **job_names(exchange),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -76,6 +96,7 @@ class Daemon:
     """One ``fanout-worker run`` subprocess. Its stderr lines accumulate in ``lines``."""
 
     def __init__(self, env: Mapping[str, str], config: Path = CONFIG, name: str = "daemon") -> None:
+        self.env = dict(env)  # to start another process like it (e.g. a fan-out worker)
         self.name = name
         self.lines: list[str] = []
         self._cond = threading.Condition()

@@ -132,13 +132,15 @@ def assert_every_post_delivered_once_per_body(sc: Scenario, collector: Collector
         assert received.get(post_id) == sc.followers[posts[post_id]["author_id"]], post_id
     bodies: dict[str, dict[str, Any]] = {}
     for m in collector.of("post.created"):
-        assert m.message_id == f"post:{m.correlation_id}:chunk:{m.body['chunk']['index']}"
+        assert m.message_id == f"post:{m.correlation_id}:range:0:chunk:{m.body['chunk']['index']}"
         if m.message_id in bodies:
             assert m.body == bodies[m.message_id], f"re-publish of {m.message_id} changed its body"
         bodies[m.message_id] = m.body
     # and the chunk sets are complete: 0..n-1, exactly the expected number per post
     for post_id, _ in sc.written:
-        indexes = {int(mid.rsplit(":", 1)[1]) for mid in bodies if mid.startswith(f"post:{post_id}:chunk:")}
+        indexes = {
+            int(mid.rsplit(":", 1)[1]) for mid in bodies if mid.startswith(f"post:{post_id}:range:0:chunk:")
+        }
         assert indexes == set(range(sc.chunks(post_id))), post_id
 
 
@@ -175,7 +177,7 @@ async def test_broker_outage_holds_reads_and_checkpoint_then_delivers_everything
         pending = [
             seq_of[p]
             for p, _ in sc.written
-            if any(f"post:{p}:chunk:{i}" not in publisher.confirmed_at for i in range(sc.chunks(p)))
+            if any(f"post:{p}:range:0:chunk:{i}" not in publisher.confirmed_at for i in range(sc.chunks(p)))
         ]
         return min(pending, default=sc.world.db.position + 1)
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -23,7 +23,6 @@ from tests.faults.daemon import (
     Daemons,
     checkpoint,
     insert_positions,
-    seed_authors,
     wait_until,
     worker_env,
 )
@@ -34,19 +33,6 @@ TTL = 3.0  # FANOUT_LEADER__TTL_SECONDS in worker_env
 RENEW = 1.0  # FANOUT_LEADER__RENEW_INTERVAL_SECONDS
 CHECKPOINT_INTERVAL = 2.0
 FOLLOWERS = {f"a{n}": [f"a{n}-f{i:02d}" for i in range(count)] for n, count in enumerate((3, 7, 12, 23, 1))}
-
-
-@pytest.fixture
-def wm() -> Iterator[WireMongo]:
-    with WireMongo() as server:
-        yield server
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    pool = Daemons()
-    yield pool
-    pool.cleanup()
 
 
 class Writer:
@@ -103,7 +89,6 @@ async def test_sigkill_mid_stream_loses_nothing_and_replays_only_after_the_check
     key_prefix: str,
     redis: aioredis.Redis,
 ) -> None:
-    seed_authors(wm, FOLLOWERS)
     recorder = AggregateRecorder(wm)
     # Checkpoints every 2 s (not 0.1 s), so the kill can be timed to fall well inside an interval,
     # with posts already delivered past the checkpoint: their replay is certain, not luck.

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC
 from types import SimpleNamespace
@@ -31,7 +31,7 @@ from tests.faults.daemon import (
     checkpoint,
     checkpoint_past,
     insert_positions,
-    seed_authors,
+    job_settings,
     wait_until,
     worker_env,
 )
@@ -48,20 +48,6 @@ from worker.wiring import Runtime, build_runtime
 
 FOLLOWERS = {"a1": ["f1", "f2"]}
 EXIT_STREAM_FATAL = 4
-
-
-@pytest.fixture
-def wm() -> Iterator[WireMongo]:
-    with WireMongo() as server:
-        seed_authors(server, FOLLOWERS)
-        yield server
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    pool = Daemons()
-    yield pool
-    pool.cleanup()
 
 
 @dataclass
@@ -99,6 +85,7 @@ async def running(
         pipeline={"checkpoint_interval_seconds": 0.1, "retry_max_seconds": 2},
         leader={"enabled": False},
         topology={"declare": False},
+        fanout=job_settings(exchange),
     )
     runtime = await build_runtime(settings)
     saved: list[Checkpoint] = []
@@ -115,6 +102,8 @@ async def running(
     )
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
+    assert runtime.fanout is not None  # role "all": this process fans its jobs out too
+    fanout = asyncio.create_task(runtime.fanout.run(stop, 1.0))
     try:
         await wait_until(
             lambda: pipeline.stats.idle_polls > 0 or task.done(), 10, f"the {stream} stream to open"
@@ -124,7 +113,11 @@ async def running(
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(fanout, 10)
         await runtime.publisher.close(1.0)
+        if runtime.jobs is not None:
+            await runtime.jobs.close(1.0)
         await runtime.resources.aclose()
 
 

@@ -14,13 +14,12 @@ import time
 import orjson
 
 from tests.faults.daemon import Daemons
-from tests.faults.test_shutdown import (  # noqa: F401 - fixtures
+from tests.faults.test_shutdown import (  # noqa: F401 - fixtures, and the followers wm seeds
+    FOLLOWERS,
     Proxies,
     Writer,
-    daemons,
     proxies,
     start_under_load,
-    wm,
     writer,
 )
 from tests.harness import Collector
@@ -41,9 +40,9 @@ async def get(port: int, path: str) -> tuple[int, dict[str, object]]:
 
 
 async def test_healthz_stays_200_while_the_broker_is_away_and_in_flight_work_is_full(
-    wm: WireMongo,  # noqa: F811
+    wm: WireMongo,
     proxies: Proxies,  # noqa: F811
-    daemons: Daemons,  # noqa: F811
+    daemons: Daemons,
     writer: Writer,  # noqa: F811
     collector: Collector,
     exchange: str,

@@ -10,7 +10,7 @@ import pytest
 from enrichment.cache import LayeredCache
 from enrichment.memory import MemoryLayer
 from handlers.events import NewPost
-from handlers.posts import PostCreatedHandler
+from tests.harness import post_handler
 from worker.memory.db import MemoryDatabase
 from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryFollowerGraph, MemoryPostStore, MemoryProfileSource
@@ -26,7 +26,7 @@ async def _peak_growth(followers: int) -> tuple[int, int]:
     # Counts only, like a broker would: nothing published is kept in this process.
     publisher = MemoryPublisher(window=64, keep=False)
     cache = LayeredCache(MemoryLayer(10, 60, 10), None, MemoryProfileSource(db))
-    handler = PostCreatedHandler(cache, MemoryPostStore(db), graph, publisher, chunk_size=1000)
+    handler = post_handler(cache, MemoryPostStore(db), graph, publisher, chunk_size=1000)
     results: list[BaseException | None] = [None]
     gc.collect()
     tracemalloc.start()
@@ -52,7 +52,8 @@ async def test_celebrity_fan_out_memory_does_not_grow_with_followers() -> None:
 
 
 async def _range_peak_growth(followers: int) -> int:
-    from handlers.jobs import FanoutJob, FollowerRange, encode_head
+    from handlers.contract import encode_head
+    from handlers.jobs import FanoutJob, FollowerRange
     from handlers.range_fanout import fan_out_range
 
     graph = MemoryFollowerGraph(page_size=1000)

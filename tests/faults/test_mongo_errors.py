@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +31,7 @@ from tests.faults.daemon import (
     checkpoint,
     checkpoint_past,
     insert_positions,
-    seed_authors,
+    job_settings,
     wait_until,
     worker_env,
 )
@@ -44,20 +44,6 @@ from worker.wiring import Runtime, build_runtime
 
 FOLLOWERS = {"a1": ["f1", "f2", "f3"], "a2": ["f2", "f4"]}
 EXIT_STREAM_FATAL = 4
-
-
-@pytest.fixture
-def wm() -> Iterator[WireMongo]:
-    with WireMongo() as server:
-        seed_authors(server, FOLLOWERS)
-        yield server
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    pool = Daemons()
-    yield pool
-    pool.cleanup()
 
 
 def write_posts(wm: WireMongo, prefix: str, n: int) -> list[str]:
@@ -107,6 +93,7 @@ async def posts_pipeline(
         pipeline={"checkpoint_interval_seconds": 0.1, "retry_max_seconds": 2},
         leader={"enabled": False},
         topology={"declare": False},
+        fanout=job_settings(exchange),
     )
     logs: list[tuple[float, str, str]] = []
     sink = logger.add(
@@ -123,6 +110,8 @@ async def posts_pipeline(
     )
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
+    assert runtime.fanout is not None  # role "all": this process fans its jobs out too
+    fanout = asyncio.create_task(runtime.fanout.run(stop, 1.0))
     running = Running(runtime, pipeline, stop, task, logs)
     try:
         await wait_until(lambda: pipeline.stats.idle_polls > 0 or task.done(), 10, "the posts stream to open")
@@ -131,7 +120,11 @@ async def posts_pipeline(
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(fanout, 10)
         await runtime.publisher.close(1.0)
+        if runtime.jobs is not None:
+            await runtime.jobs.close(1.0)
         await runtime.resources.aclose()
         logger.remove(sink)
 

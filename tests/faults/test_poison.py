@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +21,6 @@ from tests.faults.daemon import (
     checkpoint,
     checkpoint_past,
     insert_positions,
-    seed_authors,
     wait_until,
     worker_env,
 )
@@ -47,20 +45,6 @@ POISON: dict[Any, tuple[dict[str, Any], str]] = {
 }
 # A document _id can be an embedded document; the contract says such a post is invalid too.
 COMPOUND_ID = {"shard": 1, "n": 2}
-
-
-@pytest.fixture
-def wm() -> Iterator[WireMongo]:
-    with WireMongo() as server:
-        seed_authors(server, FOLLOWERS)
-        yield server
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    pool = Daemons()
-    yield pool
-    pool.cleanup()
 
 
 @pytest.mark.timeout(120)

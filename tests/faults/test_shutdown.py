@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -26,7 +26,6 @@ from tests.faults.daemon import (
     Daemons,
     checkpoint,
     insert_positions,
-    seed_authors,
     wait_until,
     worker_env,
 )
@@ -39,20 +38,6 @@ pytestmark = pytest.mark.timeout(60)
 DEADLINE = 3.0  # pipeline.shutdown_deadline_seconds
 SLACK = 5.0  # the few seconds the issue allows past the deadline
 FOLLOWERS = {f"a{n}": [f"a{n}-f{i:02d}" for i in range(count)] for n, count in enumerate((3, 7, 12, 23, 1))}
-
-
-@pytest.fixture
-def wm() -> Iterator[WireMongo]:
-    with WireMongo() as server:
-        seed_authors(server, FOLLOWERS)
-        yield server
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    pool = Daemons()
-    yield pool
-    pool.cleanup()
 
 
 class Proxies:
@@ -168,8 +153,15 @@ async def assert_stops_in_time(daemon: Daemon) -> None:
 
 
 async def assert_checkpoint_covers_only_delivered(
-    wm: WireMongo, writer: Writer, collector: Collector
+    wm: WireMongo, writer: Writer, collector: Collector, daemons: Daemons, proxies: Proxies, stopped: Daemon
 ) -> None:
+    """Every post the checkpoint passed is delivered: its jobs were confirmed into the durable job
+    queues before the checkpoint could pass it, so a fan-out worker started afterwards (with every
+    dependency back) fans out whatever the stopped process had not."""
+    for proxy in proxies.by_name.values():
+        await proxy.restore()
+    fanout = daemons.spawn({**stopped.env, "FANOUT_FANOUT__ROLE": "fanout"}, name="fan-out after the stop")
+    await fanout.log_line("running", 15)
     cp = checkpoint(wm)
     assert cp is not None and cp.get("token"), "no posts checkpoint was ever saved"
     mark = cp["token"]["_data"]
@@ -181,7 +173,9 @@ async def assert_checkpoint_covers_only_delivered(
         return all(got.get(p) == set(FOLLOWERS[a]) for p, a in covered.items())
 
     # Whatever the broker confirmed reaches the collector shortly; what it never got would not.
-    await wait_until(delivered, 10, f"every one of the {len(covered)} checkpointed posts delivered")
+    await wait_until(delivered, 15, f"every one of the {len(covered)} checkpointed posts delivered")
+    fanout.terminate()
+    assert await fanout.exited(DEADLINE + SLACK + 10) == 0
 
 
 @pytest.mark.parametrize("dependency", ["mongodb", "redis", "rabbitmq"])
@@ -204,7 +198,7 @@ async def test_sigterm_under_load_exits_0_within_the_deadline_whichever_dependen
     await assert_stops_in_time(daemon)
     await writer.stop()
     # and the checkpoint passed nothing that was not confirmed by the broker
-    await assert_checkpoint_covers_only_delivered(wm, writer, collector)
+    await assert_checkpoint_covers_only_delivered(wm, writer, collector, daemons, proxies, daemon)
 
 
 async def test_leadership_lost_while_mongodb_is_down_then_sigterm_exits_0_in_time(
@@ -226,7 +220,7 @@ async def test_leadership_lost_while_mongodb_is_down_then_sigterm_exits_0_in_tim
     # Then it is a standby that still stops at once on SIGTERM
     await assert_stops_in_time(daemon)
     await writer.stop()
-    await assert_checkpoint_covers_only_delivered(wm, writer, collector)
+    await assert_checkpoint_covers_only_delivered(wm, writer, collector, daemons, proxies, daemon)
 
 
 async def test_sighup_is_a_logged_clean_stop_that_releases_the_lease(

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Timestamp
 
-from handlers.contract import PostEncoder
 from handlers.events import NewPost
 from handlers.ids import decode_post_id, encode_post_id
+from tests.harness import chunk_of
 
 OID = ObjectId("65f0a1b2c3d4e5f6a7b8c9d0")
 
@@ -64,12 +64,12 @@ def test_every_distinct_id_gets_a_distinct_text() -> None:
 
 def test_the_int_and_the_string_777_are_two_posts_in_every_message_field() -> None:
     # Given two posts whose _ids print alike: int 777 and string "777"
-    a = PostEncoder(NewPost(777, "u1", "x", None), None).message(["f"], 0, last=True)
-    b = PostEncoder(NewPost("777", "u1", "x", None), None).message(["f"], 0, last=True)
+    a = chunk_of(NewPost(777, "u1", "x", None), None, ["f"], 0, last=True)
+    b = chunk_of(NewPost("777", "u1", "x", None), None, ["f"], 0, last=True)
     # Then their message ids, correlation ids and post ids differ
     assert a.message_id != b.message_id
     assert a.correlation_id != b.correlation_id
-    assert (a.message_id, b.message_id) == ("post:~int:777:chunk:0", "post:777:chunk:0")
+    assert (a.message_id, b.message_id) == ("post:~int:777:range:0:chunk:0", "post:777:range:0:chunk:0")
 
 
 @pytest.mark.parametrize("value", DISTINCT_IDS, ids=repr)

@@ -13,16 +13,9 @@ from jsonschema import Draft202012Validator
 
 from enrichment.errors import InvalidJob
 from enrichment.snapshot import AuthorSnapshot
+from handlers.contract import RangeChunkEncoder, encode_head
 from handlers.ids import encode_post_id
-from handlers.jobs import (
-    FanoutJob,
-    FollowerRange,
-    RangeChunkEncoder,
-    decode_job,
-    encode_head,
-    encode_job,
-    job_message,
-)
+from handlers.jobs import FanoutJob, FollowerRange, decode_job, encode_job, job_message
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

@@ -14,11 +14,9 @@ from enrichment.cache import LayeredCache
 from enrichment.errors import InvalidEvent, PublishFailed, ServiceUnavailable
 from enrichment.memory import MemoryLayer
 from enrichment.snapshot import AuthorSnapshot
-from handlers.contract import PostEncoder
 from handlers.events import ChangeEvent, NewPost
 from handlers.ports import OutgoingMessage
-from handlers.posts import PostCreatedHandler
-from tests.harness import handle_events
+from tests.harness import chunk_of, handle_events, post_handler
 from worker.memory.db import MemoryDatabase
 from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryFollowerGraph, MemoryPostStore, MemoryProfileSource
@@ -37,7 +35,7 @@ class Setup:
         self.source = MemoryProfileSource(self.db)
         self.posts = MemoryPostStore(self.db)
         self.cache = LayeredCache(MemoryLayer(1_000, 60.0, 10.0), None, self.source)
-        self.handler = PostCreatedHandler(
+        self.handler = post_handler(
             self.cache, self.posts, self.graph, self.publisher, chunk_size=CHUNK, max_text_bytes=1_000
         )
 
@@ -102,17 +100,18 @@ def test_the_encoder_gives_the_bytes_of_the_whole_message_encoded_at_once(
     author: AuthorSnapshot | None, index: int, last: bool
 ) -> None:
     post = NewPost("p1", "alice", 'say "hi" \u2603\n', "2026-11-29T10:00:00Z")
-    got = PostEncoder(post, author).message(["f1", 'f"2'], index, last)
+    got = chunk_of(post, author, ["f1", 'f"2'], index, last)
     whole = {
-        "schema": 1,
+        "schema": 2,
         "type": "post.created",
         "post": {"id": "p1", "author_id": "alice", "created_at": post.created_at, "text": post.text},
         "author": author.to_dict() if author is not None else None,
         "recipients": ["f1", 'f"2'],
         "chunk": {"index": index, "last": last},
+        "range": {"index": 0, "count": 1},
     }
     assert got.body == orjson.dumps(whole)
-    assert (got.message_id, got.correlation_id) == (f"post:p1:chunk:{index}", "p1")
+    assert (got.message_id, got.correlation_id) == (f"post:p1:range:0:chunk:{index}", "p1")
 
 
 async def test_message_ids_and_correlation_ids_are_deterministic() -> None:
@@ -120,7 +119,10 @@ async def test_message_ids_and_correlation_ids_are_deterministic() -> None:
     s.add_user("alice")
     s.graph.set_followers("alice", [f"f{i}" for i in range(5)])
     await handle_events(s.handler, [s.post("p42", "alice")])
-    assert [m.message_id for m in s.publisher.messages] == ["post:p42:chunk:0", "post:p42:chunk:1"]
+    assert [m.message_id for m in s.publisher.messages] == [
+        "post:p42:range:0:chunk:0",
+        "post:p42:range:0:chunk:1",
+    ]
     assert {m.correlation_id for m in s.publisher.messages} == {"p42"}
     assert {m.routing_key for m in s.publisher.messages} == {"post.created"}
 
@@ -131,7 +133,8 @@ async def test_the_message_carries_the_post_and_the_author_snapshot() -> None:
     s.graph.set_followers("alice", ["bob"])
     await handle_events(s.handler, [s.post("p1", "alice", text="hello world")])
     (body,) = bodies(s.publisher.messages)
-    assert body["schema"] == 1
+    assert body["schema"] == 2
+    assert body["range"] == {"index": 0, "count": 1}
     assert body["type"] == "post.created"
     assert body["post"] == {"id": "p1", "author_id": "alice", "created_at": None, "text": "hello world"}
     assert body["author"] == {
@@ -288,7 +291,7 @@ async def test_a_missing_author_profile_still_fans_out_with_a_null_author() -> N
 def test_chunk_size_must_be_positive() -> None:
     s = Setup()
     with pytest.raises(ValueError, match="chunk_size"):
-        PostCreatedHandler(s.cache, s.posts, s.graph, s.publisher, chunk_size=0)
+        post_handler(s.cache, s.posts, s.graph, s.publisher, chunk_size=0)
 
 
 class FailingPublisher(MemoryPublisher):
@@ -309,7 +312,7 @@ class FailingPublisher(MemoryPublisher):
 
 async def test_an_unconfirmed_chunk_fails_its_post_only() -> None:
     # Given a publisher that will not confirm chunk 1 of p1
-    s = Setup(publisher=FailingPublisher({"post:p1:chunk:1"}))
+    s = Setup(publisher=FailingPublisher({"post:p1:range:0:chunk:1"}))
     s.add_user("alice")
     s.add_user("bob")
     s.graph.set_followers("alice", [f"f{i:02d}" for i in range(30)])
@@ -334,7 +337,7 @@ class DownSource:
 async def test_a_failed_author_lookup_fails_every_valid_post_of_the_batch() -> None:
     s = Setup()
     s.cache = LayeredCache(MemoryLayer(100, 60.0, 10.0), None, DownSource())  # type: ignore[arg-type]
-    handler = PostCreatedHandler(s.cache, s.posts, s.graph, s.publisher, chunk_size=CHUNK)
+    handler = post_handler(s.cache, s.posts, s.graph, s.publisher, chunk_size=CHUNK)
     s.graph.set_followers("alice", ["x"])
     results = await handle_events(handler, [s.post("p1", "alice"), raw_event(_id="bad"), s.post("p2", "bob")])
     assert isinstance(results[0], ServiceUnavailable)

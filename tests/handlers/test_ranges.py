@@ -12,7 +12,8 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 
 from enrichment.errors import PublishFailed
-from handlers.jobs import FanoutJob, FollowerRange, encode_head
+from handlers.contract import encode_head
+from handlers.jobs import FanoutJob, FollowerRange
 from handlers.ports import OutgoingMessage
 from handlers.range_fanout import fan_out_range
 from handlers.ranges import RangePlanner

@@ -78,9 +78,11 @@ async def test_every_follower_gets_every_post_with_a_fresh_snapshot(
     # and chunks are numbered 0..n-1, exactly the last one says so, with deterministic ids
     by_post: dict[str, list[dict]] = {}
     for m in collector.of("post.created"):
-        assert m.message_id == f"post:{m.correlation_id}:chunk:{m.body['chunk']['index']}"
+        assert m.message_id == (
+            f"post:{m.correlation_id}:range:{m.body['range']['index']}:chunk:{m.body['chunk']['index']}"
+        )
         assert m.content_type == "application/json" and m.persistent
-        assert m.body["schema"] == 1 and m.body["type"] == "post.created"
+        assert m.body["schema"] == 2 and m.body["type"] == "post.created"
         assert len(m.body["recipients"]) <= 100
         by_post.setdefault(m.correlation_id, []).append(m.body["chunk"])
         # the snapshot is the version current when the post was handled, or newer

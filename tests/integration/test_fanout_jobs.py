@@ -18,8 +18,9 @@ import pytest
 from aio_pika.abc import AbstractConnection
 from jsonschema import Draft202012Validator
 
-from enrichment.errors import ConfigError, ServiceUnavailable
-from handlers.jobs import FanoutJob, encode_head, job_message
+from enrichment.errors import ConfigError, PublishFailed, ServiceUnavailable
+from handlers.contract import encode_head
+from handlers.jobs import FanoutJob, job_message
 from handlers.ports import OutgoingMessage
 from handlers.ranges import RangePlanner
 from tests.conftest import AMQP_URL
@@ -108,17 +109,20 @@ async def dead_jobs(connection: AbstractConnection, settings: FanoutSettings) ->
 
 
 class GatedGraph(MemoryFollowerGraph):
-    """Followers of ``held`` stream only once ``gate`` is set; ``failing`` always fails (transient)."""
+    """Followers of ``held`` stream only once ``gate`` is set; ``failing`` always fails (a transient
+    error that is not an outage); ``away`` fails as an unreachable MongoDB until ``gate`` is set."""
 
-    def __init__(self, held: str = "", failing: str = "") -> None:
+    def __init__(self, held: str = "", failing: str = "", away: str = "") -> None:
         super().__init__(page_size=100)
-        self.held, self.failing = held, failing
+        self.held, self.failing, self.away = held, failing, away
         self.gate = asyncio.Event()
 
     async def follower_pages(
         self, user_id: str, after: str | None = None, until: str | None = None
     ) -> AsyncGenerator[list[str], None]:
         if user_id == self.failing:
+            raise PublishFailed("chunk nacked by the broker")
+        if user_id == self.away and not self.gate.is_set():
             raise ServiceUnavailable("MongoDB is unreachable: AutoReconnect")
         if user_id == self.held:
             await self.gate.wait()
@@ -246,12 +250,36 @@ async def test_a_job_that_keeps_failing_is_dead_lettered_after_the_delivery_limi
     [dead] = await dead_jobs(connection, jobs)
     assert dead.message_id == "job:p-bad:range:0"
     assert (
-        dead.headers[REASON_HEADER]
-        == "failed 3 deliveries; last: ServiceUnavailable: MongoDB is unreachable: AutoReconnect"
+        dead.headers[REASON_HEADER] == "failed 3 deliveries; last: PublishFailed: chunk nacked by the broker"
     )
     assert (worker.stats.requeued, worker.stats.redelivered) == (2, 2)
     # and the lane moved on
     assert await depth(connection, jobs.ordinary_queue) == 0
+
+
+async def test_an_unreachable_mongodb_is_waited_out_holding_the_job_never_spending_its_deliveries(
+    connection: AbstractConnection, jobs: FanoutSettings
+) -> None:
+    # Given a job whose followers cannot be read while MongoDB is away
+    graph = GatedGraph(away="a")
+    graph.set_followers("a", ["f1", "f2"])
+    [job] = await plan(graph, "p1", "a", 10)
+    publisher = MemoryPublisher()
+    worker = consumer(connection, jobs, "ordinary", graph, publisher)
+    await worker.start()
+    try:
+        await publish(jobs, [job_message(job)])
+        await wait_for(lambda: worker.stats.jobs_received == 1, what="the job")
+        await asyncio.sleep(1.5)  # several retries in place
+        # Then it is neither requeued nor dead-lettered while the outage lasts
+        assert (worker.stats.requeued, worker.stats.dead_lettered, worker.stats.jobs_acked) == (0, 0, 0)
+        # and when MongoDB is back, it completes on its first delivery
+        graph.gate.set()
+        await wait_for(lambda: worker.stats.jobs_acked == 1, what="the job acked")
+    finally:
+        await worker.stop()
+    assert (worker.stats.redelivered, worker.stats.dead_lettered) == (0, 0)
+    assert sorted(r for m in publisher.messages for r in orjson.loads(m.body)["recipients"]) == ["f1", "f2"]
 
 
 async def test_a_job_that_kills_its_workers_is_dead_lettered_by_the_broker_past_the_limit(

@@ -19,8 +19,12 @@ from tests.harness import Collector, World, settings, start, wait_for
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
+# The version each routing key's bodies carry now (post.created v2: chunks of follower ranges).
+CURRENT = {"post.created": 2, "profile.updated": 1}
+
+
 def validator(routing_key: str) -> Draft202012Validator:
-    schema = json.loads((SCHEMAS / f"{routing_key}.v1.json").read_text())
+    schema = json.loads((SCHEMAS / f"{routing_key}.v{CURRENT[routing_key]}.json").read_text())
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
@@ -85,12 +89,13 @@ async def test_every_published_message_matches_the_schema_of_its_routing_key(
 
 def valid_post() -> dict[str, Any]:
     return {
-        "schema": 1,
+        "schema": 2,
         "type": "post.created",
         "post": {"id": "p1", "author_id": "u1", "created_at": "2026-11-23T15:00:00+00:00", "text": "hi"},
         "author": {"user_id": "u1", "username": "u1", "display_name": "U", "avatar_url": None, "version": 7},
         "recipients": ["u2", "u3"],
         "chunk": {"index": 0, "last": True},
+        "range": {"index": 0, "count": 1},
     }
 
 
@@ -133,7 +138,7 @@ def test_the_hand_written_valid_examples_pass() -> None:
     ("path", "value"),
     [
         ("extra", 1),  # additionalProperties: false at the top
-        ("schema", 2),
+        ("schema", 1),
         ("type", "profile.updated"),
         ("post.id", 42),
         ("post.author_id", ""),
@@ -150,6 +155,9 @@ def test_the_hand_written_valid_examples_pass() -> None:
         ("chunk.index", 0.5),
         ("chunk.last", "yes"),
         ("chunk.total", 3),
+        ("range", DELETE),
+        ("range.index", -1),
+        ("range.count", 0),
     ],
 )
 def test_a_post_created_body_that_breaks_the_contract_is_rejected(path: str, value: Any) -> None:

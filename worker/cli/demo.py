@@ -23,6 +23,7 @@ from enrichment.errors import ServiceUnavailable
 from worker.daemon import Worker
 from worker.memory.db import MemoryDatabase
 from worker.memory.feed import memory_feeds
+from worker.memory.jobs import InlineJobQueue
 from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import (
     MemoryCheckpointStore,
@@ -31,6 +32,7 @@ from worker.memory.stores import (
     MemoryPostStore,
     MemoryProfileSource,
 )
+from worker.messaging.jobs import delete_job_topology, ensure_job_topology
 from worker.ports import ManagedPublisher
 from worker.settings import Settings
 from worker.wiring import (
@@ -38,6 +40,8 @@ from worker.wiring import (
     Stores,
     assemble,
     close_later,
+    fanout_runner,
+    job_publisher,
     rabbit_publisher,
     redis_client,
 )
@@ -106,8 +110,23 @@ async def _reachable_redis(settings: Settings) -> aioredis.Redis | None:
 
 async def run_demo(settings: Settings, workload: Workload, use_services: bool = True) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
+    jobs_prefix = f"fanout.demo.{run_id}"  # run-scoped job queues, deleted at the end
+    fanout = settings.fanout.model_copy(
+        update={
+            "role": "all",
+            "exchange": f"{jobs_prefix}.jobs",
+            "ordinary_queue": f"{jobs_prefix}.ordinary",
+            "bulk_queue": f"{jobs_prefix}.bulk",
+            "deferred_queue": f"{jobs_prefix}.deferred",
+            "dead_letter_exchange": f"{jobs_prefix}.dlx",
+            "dead_letter_queue": f"{jobs_prefix}.dead",
+            # Small ranges, so the demo's bigger authors show the bulk lane at work.
+            "range_size": min(settings.fanout.range_size, 500),
+        }
+    )
     settings = settings.model_copy(
         update={
+            "fanout": fanout,
             "redis": settings.redis.model_copy(update={"key_prefix": f"fanout-demo:{run_id}:"}),
             "rabbitmq": settings.rabbitmq.model_copy(update={"exchange": "social.fanout.demo"}),
             # The generated graph is written just before start: it is setup, not workload.
@@ -123,22 +142,33 @@ async def run_demo(settings: Settings, workload: Workload, use_services: bool = 
     feeds = memory_feeds(db)
     redis = await _reachable_redis(settings) if use_services else None
     publisher: ManagedPublisher = rabbit_publisher(settings)
+    jobs: ManagedPublisher | None = job_publisher(settings)
+    url, timeout = settings.rabbitmq.url.get_secret_value(), settings.rabbitmq.confirm_timeout_seconds
     consumer: _DemoConsumer | None = None
     try:
         if not use_services:
             raise ServiceUnavailable("services disabled")
         consumer = await _DemoConsumer.start(settings)
         await publisher.connect()
+        await ensure_job_topology(url, fanout, timeout)
+        assert jobs is not None
+        await jobs.connect()
     except ServiceUnavailable:
         publisher = MemoryPublisher(settings.rabbitmq.publish_window)
+        jobs = None  # jobs run inline (worker/memory/jobs.py)
         consumer = None
-    runtime = assemble(settings, feeds, stores, publisher, redis)
+    runtime = assemble(settings, feeds, stores, publisher, redis, jobs=jobs)
+    if jobs is not None:
+        runtime.fanout = fanout_runner(settings, graph, publisher, runtime.posts.stats)
     if redis is not None:
         close_later(runtime.resources, "Redis", redis.aclose)
     runtime.labels = {
         "mongodb": "in-memory stand-in (not MongoDB)",
         "redis": "Redis" if redis is not None else "none (L1 + source only)",
         "rabbitmq": "RabbitMQ" if consumer is not None else "in-memory stand-in (not RabbitMQ)",
+        "jobs": "RabbitMQ job queues, fan-out workers in this process"
+        if jobs is not None
+        else "in-memory stand-in: inline, no queue (not RabbitMQ)",
     }
     for name, label in runtime.labels.items():
         logger.info("demo: {} → {}", name, label)
@@ -153,6 +183,8 @@ async def run_demo(settings: Settings, workload: Workload, use_services: bool = 
     await run
     elapsed = time.perf_counter() - started
     received = await consumer.finish() if consumer is not None else None
+    if jobs is not None:
+        await delete_job_topology(url, fanout, timeout)
     return _summary(runtime, db, source, elapsed, received)
 
 
@@ -160,10 +192,36 @@ async def _wait_until_done(runtime: Runtime, worker: Worker, w: Workload, limit:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         handled = sum(p.stats.handled + p.stats.dead_lettered for p in worker.pipelines)
-        if handled >= w.posts + min(w.edits, w.posts) and all(p.in_flight == 0 for p in worker.pipelines):
+        tailed = handled >= w.posts + min(w.edits, w.posts) and all(
+            p.in_flight == 0 for p in worker.pipelines
+        )
+        if tailed and _jobs_done(runtime):
             return
         await asyncio.sleep(0.05)
     logger.warning("demo: gave up waiting for the pipeline to finish")
+
+
+def _jobs_done(runtime: Runtime) -> bool:
+    """Every job the tailer emitted was acked by a fan-out worker (inline jobs are done when emitted)."""
+    runner = runtime.fanout
+    if runner is None:
+        return True
+    acked = sum(c.stats.jobs_acked + c.stats.dead_lettered for c in runner.consumers.values())
+    return acked >= runtime.posts.emitter.stats.jobs
+
+
+def _per_lane(runtime: Runtime) -> dict[str, str]:
+    """Jobs and chunks per fan-out consumer (lane)."""
+    rows: dict[str, str] = {}
+    if runtime.fanout is not None:
+        for lane, consumer in sorted(runtime.fanout.consumers.items()):
+            c = consumer.stats
+            rows[f"  {lane} lane"] = f"{c.jobs_acked} jobs, {c.chunks} chunks, {c.recipients} recipients"
+    elif isinstance(runtime.jobs, InlineJobQueue):
+        for name, counts in sorted(runtime.jobs.inline.lanes.items()):
+            line = f"{counts.jobs} jobs, {counts.chunks} chunks, {counts.recipients} recipients"
+            rows[f"  {name} (inline)"] = line
+    return rows
 
 
 def _summary(
@@ -174,6 +232,7 @@ def _summary(
     received: int | None,
 ) -> dict[str, Any]:
     ps, pr, cs = runtime.posts.stats, runtime.profiles.stats, runtime.cache.stats
+    es = runtime.posts.emitter.stats
     profiles = db.collection("profiles")
     current = sum(
         1
@@ -183,6 +242,9 @@ def _summary(
     return {
         "services": runtime.labels,
         "posts handled": ps.posts,
+        "fan-out jobs (ordinary / bulk lane)": f"{es.ordinary} / {es.bulk} (most ranges in one post: "
+        f"{es.largest_post_ranges})",
+        "jobs and chunks per consumer": _per_lane(runtime),
         "messages published (confirmed)": runtime.publisher.stats.confirmed,
         "messages received by the demo queue": received if received is not None else "n/a",
         "recipients": ps.recipients,

@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon", description="Run the daemon until SIGTERM/SIGINT.")
     run.add_argument("--config", type=Path, required=True, metavar="PATH", help="TOML settings file")
+    run.add_argument(
+        "--role",
+        choices=["all", "tailer", "fanout"],
+        help="what this process runs (overrides fanout.role): the tailer (lease, streams, jobs), "
+        "fan-out workers (jobs → chunks; any number), or all of it (the default)",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -129,7 +135,8 @@ def _iso_time(text: str) -> datetime:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        role = getattr(args, "role", None)  # only `run` has --role
+        settings = load_settings(args.config, **({"fanout": {"role": role}} if role else {}))
     except ConfigError as exc:
         print(f"fanout-worker: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG

@@ -22,12 +22,15 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from loguru import logger
 
-from enrichment.errors import InvalidJob, PermanentError
-from handlers.jobs import Lane, decode_job
+from enrichment.backoff import Backoff
+from enrichment.errors import InvalidJob, PermanentError, ServiceUnavailable
+from handlers.chunks import ChunkCounts
+from handlers.jobs import FanoutJob, Lane, decode_job
 from handlers.ports import FollowerGraph, Publisher
-from handlers.range_fanout import fan_out_range
+from handlers.range_fanout import RangeResult, fan_out_range
 from worker.messaging.jobs import dead_letter, delivery_count, open_lane
 from worker.settings import FanoutSettings
+from worker.shutdown import raise_if_cancelling
 
 
 @dataclass(slots=True)
@@ -53,7 +56,9 @@ class FanoutConsumer:
         publisher: Publisher,
         chunk_size: int,
         timeout_seconds: float = 10.0,
+        counts: ChunkCounts | None = None,  # the process's chunk and recipient counters, if any
     ) -> None:
+        self._counts = counts
         self._settings = settings
         self.lane: Lane = lane
         self._graph = graph
@@ -129,7 +134,7 @@ class FanoutConsumer:
             await self._dead_letter(message, f"malformed job: {exc}")
             return
         try:
-            result = await fan_out_range(job, self._graph, self._publisher, self._chunk_size)
+            result = await self._fan_out(job)
         except PermanentError as exc:
             await self._dead_letter(message, f"{type(exc).__name__}: {exc}")
             return
@@ -149,6 +154,19 @@ class FanoutConsumer:
         self.stats.recipients += result.recipients
         if await self._settle(message.ack()):
             self.stats.jobs_acked += 1
+
+    async def _fan_out(self, job: FanoutJob) -> RangeResult:
+        """Fan the range out; while a dependency is away (MongoDB), wait it out holding the job
+        (worker/retry.py): requeueing would spend its deliveries and dead-letter a healthy job."""
+        backoff = Backoff(0.2, self._timeout)
+        while True:
+            try:
+                return await fan_out_range(job, self._graph, self._publisher, self._chunk_size, self._counts)
+            except ServiceUnavailable as exc:
+                raise_if_cancelling()
+                delay = backoff.next_delay()
+                logger.warning("job {}: {}; retrying in {:.1f}s", job.message_id, exc, delay)
+                await asyncio.sleep(delay)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         logger.error("dead-lettering job {} from the {} lane: {}", message.message_id, self.lane, reason)

@@ -18,12 +18,16 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from loguru import logger
 
 from enrichment.backoff import Backoff, wait_event
+from handlers.chunks import ChunkCounts
 from handlers.jobs import Lane
 from handlers.ports import FollowerGraph, Publisher
 from worker.fanout.consumer import FanoutConsumer
+from worker.messaging.jobs import lane_queue
 from worker.settings import FanoutSettings
+from worker.shutdown import raise_if_cancelling
 
 _WATCH_SECONDS = 0.2  # how often a lost channel or connection is looked for
+_DEPTH_EVERY = 25  # read the lanes' depths every 25 watches (5 s)
 
 
 class FanoutRunner:
@@ -37,16 +41,20 @@ class FanoutRunner:
         timeout_seconds: float,
         reconnect_max_seconds: float,
         lanes: Sequence[Lane] = ("ordinary", "bulk"),
+        counts: ChunkCounts | None = None,
     ) -> None:
         self._url = url
         self._timeout = timeout_seconds
         self._backoff = Backoff(0.2, reconnect_max_seconds)
         self.consumers: dict[Lane, FanoutConsumer] = {
-            lane: FanoutConsumer(settings, lane, graph, publisher, chunk_size, timeout_seconds)
+            lane: FanoutConsumer(settings, lane, graph, publisher, chunk_size, timeout_seconds, counts)
             for lane in lanes
         }
         self.reconnects = 0
         self.connected = False
+        self._settings = settings
+        # Jobs waiting in each lane's queue, read every few seconds while connected (None: unknown).
+        self.depths: dict[Lane, int | None] = dict.fromkeys(lanes)
 
     async def run(self, stop: asyncio.Event, drain_seconds: float) -> None:
         """Consume every lane until ``stop`` is set; reconnect with backoff whenever the broker is lost."""
@@ -59,9 +67,13 @@ class FanoutRunner:
                 self.connected = True
                 self._backoff.reset()
                 # Polled: a lost channel has no awaitable that also fires when the connection dies.
+                polls = 0
                 while not await wait_event(stop, _WATCH_SECONDS):
                     if connection.is_closed or any(c.lost for c in self.consumers.values()):
                         raise ConnectionError("connection or channel closed")
+                    if polls % _DEPTH_EVERY == 0:
+                        await self._read_depths(connection)
+                    polls += 1
             except (TimeoutError, ConnectionError, *CONNECTION_EXCEPTIONS) as exc:
                 self.connected = False
                 delay = self._backoff.next_delay()
@@ -76,6 +88,22 @@ class FanoutRunner:
                 continue
             await self._stop_consumers(connection, drain_seconds)
         self.connected = False
+
+    async def _read_depths(self, connection: AbstractConnection) -> None:
+        """Each lane's ready jobs, by a passive declare (no management plugin needed)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                channel = await connection.channel()
+                try:
+                    for lane in self.depths:
+                        queue = await channel.declare_queue(lane_queue(self._settings, lane), passive=True)
+                        self.depths[lane] = queue.declaration_result.message_count
+                finally:
+                    await channel.close()
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            raise_if_cancelling()
+            logger.debug("fan-out: queue depths not read ({})", type(exc).__name__)
+            self.depths = dict.fromkeys(self.depths)
 
     async def _stop_consumers(self, connection: AbstractConnection | None, drain_seconds: float) -> None:
         await asyncio.gather(*(c.stop(drain_seconds) for c in self.consumers.values()))

@@ -25,9 +25,12 @@ from typing import Any, Final
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from loguru import logger
 
 from enrichment.errors import ServiceUnavailable
 from handlers.jobs import DEFERRED, Lane
+from worker import uris
+from worker.failures import cause
 from worker.messaging.topology import guard
 from worker.settings import FanoutSettings
 
@@ -118,7 +121,27 @@ async def ensure_job_topology(url: str, settings: FanoutSettings, timeout_second
             channel = await asyncio.wait_for(connection.channel(), timeout_seconds)
             await asyncio.wait_for(declare_job_topology(channel, settings), timeout_seconds)
     except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
-        raise ServiceUnavailable(f"RabbitMQ is unreachable: {type(exc).__name__}") from None
+        where = uris.validate_amqp(url).endpoints()
+        raise ServiceUnavailable(f"RabbitMQ is unreachable: {where}: {cause(exc)}") from None
+
+
+async def delete_job_topology(url: str, settings: FanoutSettings, timeout_seconds: float) -> None:
+    """Delete what ``declare_job_topology`` made (the demo's run-scoped queues). Best effort."""
+    try:
+        connection = await aio_pika.connect(url, timeout=timeout_seconds)
+        async with connection:
+            channel = await connection.channel()
+            for queue in (
+                settings.ordinary_queue,
+                settings.bulk_queue,
+                settings.deferred_queue,
+                settings.dead_letter_queue,
+            ):
+                await channel.queue_delete(queue)
+            await channel.exchange_delete(settings.exchange)
+            await channel.exchange_delete(settings.dead_letter_exchange)
+    except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+        logger.warning("could not delete the demo's job queues ({})", type(exc).__name__)
 
 
 async def open_lane(

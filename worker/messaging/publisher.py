@@ -19,7 +19,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishErr
 from loguru import logger
 
 from enrichment.backoff import Backoff
-from enrichment.errors import ConfigError, ServiceUnavailable
+from enrichment.errors import ConfigError, PublishFailed, ServiceUnavailable
 from handlers.ports import OutgoingMessage
 from worker import uris
 from worker.failures import cause
@@ -40,8 +40,12 @@ class RabbitPublisher:
         window: int,
         confirm_timeout_seconds: float,
         reconnect_max_seconds: float,
+        unroutable_fails: bool = False,
     ) -> None:
         self._url = url
+        # Jobs: an unroutable job would be a lost post, so it fails its publish (and the post is
+        # retried, then dead-lettered) instead of being logged and dropped like a message nobody binds.
+        self._unroutable_fails = unroutable_fails
         self._exchange_name = exchange
         self._timeout = confirm_timeout_seconds
         self._slots = asyncio.Semaphore(window)
@@ -113,6 +117,11 @@ class RabbitPublisher:
                     message.routing_key,
                     self._exchange_name,
                 )
+                if self._unroutable_fails:
+                    raise PublishFailed(
+                        f"unroutable: no queue is bound to exchange {self._exchange_name} "
+                        f"for routing key {message.routing_key}"
+                    ) from None
                 return
             except DeliveryError:
                 self.stats.nacked += 1

@@ -38,7 +38,7 @@ MAX_CONNECTIONS = 256
 READ_TIMEOUT_SECONDS = 2.0  # a probe sends its head at once: anything slower is idle or hostile
 CHECK_TIMEOUT_SECONDS = 2.0
 JSON = "application/json"
-KNOWN_ROLES = ("leader", "standby")
+KNOWN_ROLES = ("leader", "standby", "fanout")
 
 ReadyCheck = Callable[[], Awaitable[bool]]
 

@@ -104,6 +104,7 @@ class WorkerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._streams()
         yield from self._fanout()
+        yield from self._jobs()
         yield from self._cache()
         yield from self._leadership()
 
@@ -259,6 +260,68 @@ class WorkerCollector(Collector):
             "Follow edges skipped because their follower_id is not a string.",
             (),
             [((), rt.posts.invalid_follower_ids)],
+        )
+
+    def _jobs(self) -> Iterator[Metric]:
+        rt = self._worker.runtime
+        emitted = rt.posts.emitter.stats
+        rows: list[tuple[Sequence[str], float]] = [
+            (("ordinary", "published"), emitted.ordinary),
+            (("bulk", "published"), emitted.bulk),
+        ]
+        runner = rt.fanout
+        if runner is not None:
+            for lane, consumer in sorted(runner.consumers.items()):
+                c = consumer.stats
+                rows += [
+                    ((lane, "received"), c.jobs_received),
+                    ((lane, "acked"), c.jobs_acked),
+                    ((lane, "redelivered"), c.redelivered),
+                    ((lane, "requeued"), c.requeued),
+                    ((lane, "dead_lettered"), c.dead_lettered),
+                    ((lane, "malformed"), c.malformed),
+                ]
+        yield _counter(
+            "jobs",
+            "Fan-out jobs by lane and outcome: published (by the tailer, confirmed), received, acked, "
+            "redelivered, requeued, dead_lettered, malformed (by this process's fan-out workers).",
+            ("lane", "outcome"),
+            rows,
+        )
+        yield _counter(
+            "posts_deferred",
+            "Posts over their author's rate whose jobs went through the delay queue (never dropped).",
+            (),
+            [((), emitted.deferred_posts)],
+        )
+        yield _gauge(
+            "post_ranges_max",
+            "The most follower ranges one post was split into (a post over fanout.range_size followers).",
+            (),
+            [((), emitted.largest_post_ranges)],
+        )
+        if runner is None:
+            return
+        yield _gauge(
+            "job_queue_depth",
+            "Jobs ready in each lane's queue (read every 5 s by a fan-out process).",
+            ("lane",),
+            [((lane,), depth) for lane, depth in sorted(runner.depths.items()) if depth is not None],
+        )
+        yield _gauge(
+            "jobs_in_flight",
+            "Jobs this process holds unacknowledged, by lane (bounded by the lane's prefetch).",
+            ("lane",),
+            [((lane,), c.in_flight) for lane, c in sorted(runner.consumers.items())],
+        )
+        yield _gauge(
+            "workers_connected",
+            "1 while this process's fan-out workers are connected.",
+            (),
+            [((), float(runner.connected))],
+        )
+        yield _counter(
+            "worker_reconnects", "Reconnections of the fan-out workers.", (), [((), runner.reconnects)]
         )
 
     def _cache(self) -> Iterator[Metric]:

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from enrichment.cache import CacheStats
+from handlers.emitter import EmitStats
 from handlers.posts import PostStats
 from handlers.profiles import ProfileStats
 from worker.observe.health import HealthServer, stale_parts, status_line, worker_alive
@@ -62,7 +63,9 @@ def pipeline(stream: str, **kw: Any) -> SimpleNamespace:
 
 def fake_worker(**kw: Any) -> SimpleNamespace:
     runtime = SimpleNamespace(
-        posts=SimpleNamespace(stats=PostStats(), invalid_follower_ids=0),
+        posts=SimpleNamespace(
+            stats=PostStats(), invalid_follower_ids=0, emitter=SimpleNamespace(stats=EmitStats())
+        ),
         profiles=SimpleNamespace(stats=ProfileStats()),
         cache=SimpleNamespace(
             stats=CacheStats(),
@@ -70,6 +73,7 @@ def fake_worker(**kw: Any) -> SimpleNamespace:
             repairs_pending=0,
         ),
         publisher=SimpleNamespace(stats=PublishStats(), in_flight=0),
+        fanout=None,
     )
     fields: dict[str, Any] = {  # every field of worker.stats.WorkerView
         "runtime": runtime,
