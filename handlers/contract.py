@@ -3,15 +3,10 @@ publishes (docs/contract.md, schemas/). A replay encodes the same bytes under th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import orjson
 
 from enrichment.snapshot import AuthorSnapshot
 from handlers.ports import OutgoingMessage
-
-if TYPE_CHECKING:
-    from handlers.jobs import FanoutJob
 
 POST_CREATED = "post.created"
 PROFILE_UPDATED = "profile.updated"
@@ -46,25 +41,25 @@ def encode_head(
 class RangeChunkEncoder:
     """Encodes the chunks of one job: the head is reused as is; a chunk adds recipients and place."""
 
-    __slots__ = ("_job", "_prefix", "_range")
+    __slots__ = ("_post_id", "_prefix", "_range", "_range_index")
 
-    def __init__(self, job: FanoutJob) -> None:
-        self._job = job
+    def __init__(self, post_id: str, head: bytes, range_index: int, range_count: int) -> None:
+        self._post_id = post_id
+        self._range_index = range_index
         # head[1:-1] is `"post":{...},"author":...`: the object's members without its braces.
         self._prefix = b'{"schema":%d,"type":"%s",%s,"recipients":' % (
             POST_SCHEMA,
             POST_CREATED.encode(),
-            job.head[1:-1],
+            head[1:-1],
         )
-        self._range = b'},"range":{"index":%d,"count":%d}}' % (job.range_index, job.range_count)
+        self._range = b'},"range":{"index":%d,"count":%d}}' % (range_index, range_count)
 
     def message(self, recipients: list[str], index: int, last: bool) -> OutgoingMessage:
         chunk = b',"chunk":{"index":%d,"last":%s' % (index, b"true" if last else b"false")
-        job = self._job
         return OutgoingMessage(
             routing_key=POST_CREATED,
-            message_id=chunk_message_id(job.post_id, job.range_index, index),
-            correlation_id=job.post_id,
+            message_id=chunk_message_id(self._post_id, self._range_index, index),
+            correlation_id=self._post_id,
             body=b"".join((self._prefix, orjson.dumps(recipients), chunk, self._range)),
         )
 

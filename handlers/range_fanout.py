@@ -73,7 +73,7 @@ async def fan_out_range(
     counts = _Tee(process_counts)
     rng = job.range
     pages = graph.follower_pages(job.author_id, rng.after, rng.until)
-    encode = RangeChunkEncoder(job).message
+    encode = RangeChunkEncoder(job.post_id, job.head, job.range_index, job.range_count).message
     await send_chunks(pages, job.author_id, encode, publisher, chunk_size, counts)
     if counts.messages == 0 and job.range_count > 1:
         await (await publisher.send(encode([], 0, True)))

@@ -225,4 +225,6 @@ def chunk_of(
         range_count,
         "ordinary" if range_count == 1 else "bulk",
     )
-    return RangeChunkEncoder(job).message(recipients, index, last)
+    return RangeChunkEncoder(job.post_id, job.head, job.range_index, job.range_count).message(
+        recipients, index, last
+    )

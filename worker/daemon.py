@@ -19,8 +19,8 @@ from loguru import logger
 from enrichment.errors import Deposed
 from worker.ports import Lease
 from worker.shutdown import SETTLE_SECONDS, bounded, settle, until_stopped
+from worker.stats import StreamStats
 from worker.streams import BY_NAME
-from worker.tailer.eventlog import StreamStats
 from worker.tailer.leader import Leadership
 from worker.tailer.pipeline import StreamPipeline
 from worker.wiring import Runtime

@@ -36,7 +36,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from enrichment.errors import ConfigError
 from worker import uris
-from worker.messaging.topology import TopologySettings, check_name, no_bool_numbers
+from worker.topology_settings import TopologySettings, check_name, no_bool_numbers
 
 ENV_PREFIX = "FANOUT_"
 # FANOUT_ variables that are not settings: the test suite's (service URLs, fault durations).

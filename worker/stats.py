@@ -1,4 +1,5 @@
-"""The small stats interface observability reads: ``/healthz``, ``/readyz``, ``/metrics``, the
+"""The counters the stream pipelines and fan-out consumers keep, and the small stats interface
+observability reads: ``/healthz``, ``/readyz``, ``/metrics``, the
 systemd watchdog and status line, and the summary log line.
 
 The pipeline, the cache, the publisher and the handlers expose these fields; observability reads
@@ -9,7 +10,9 @@ sides. Tests pass any object with these fields.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -18,9 +21,46 @@ from handlers.emitter import EmitStats
 from handlers.jobs import Lane
 from handlers.posts import PostStats
 from handlers.profiles import ProfileStats
-from worker.fanout.consumer import FanoutStats
 from worker.ports import Checkpoint, PublishStats
-from worker.tailer.eventlog import StreamStats
+
+
+@dataclass(slots=True)
+class StreamStats:
+    read: int = 0
+    handled: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    batches: int = 0
+    idle_polls: int = 0
+    checkpoints_saved: int = 0
+    reopens: int = 0
+    gaps: int = 0
+    split_events: int = 0  # events over 16 MB reassembled from fragments
+    oversize_skipped: int = 0  # events over 16 MB let through without their documents ("skip")
+    # (operationType, outcome) → count, outcome in read | handled | dead_lettered | retried
+    by_type: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def count(self, op: str, outcome: str, n: int = 1) -> None:
+        self.by_type[(op, outcome)] += n
+
+    def count_size(self, fragments: int, oversize_bytes: int | None) -> None:
+        if fragments > 1:
+            self.split_events += 1
+        if oversize_bytes is not None:
+            self.oversize_skipped += 1
+
+
+@dataclass(slots=True)
+class FanoutStats:
+    jobs_received: int = 0
+    jobs_acked: int = 0
+    redelivered: int = 0  # deliveries of a job seen before (x-delivery-count > 0 or the flag)
+    requeued: int = 0  # failed attempts handed back to the queue
+    dead_lettered: int = 0  # by this worker: malformed, permanent error, or last delivery failed
+    malformed: int = 0
+    chunks: int = 0
+    recipients: int = 0
+
 
 ReadyCheck = Callable[[], Awaitable[bool]]
 

@@ -73,7 +73,7 @@ def test_the_job_message_is_routed_to_its_lane_or_the_delay_queue_with_a_stable_
 
 def test_chunks_of_a_job_match_the_v2_schema_and_carry_the_head_byte_for_byte() -> None:
     j = decode_job(encode_job(job()))
-    encoder = RangeChunkEncoder(j)
+    encoder = RangeChunkEncoder(j.post_id, j.head, j.range_index, j.range_count)
     first, last = encoder.message(["f11", "f12"], 0, last=False), encoder.message(["f13"], 1, last=True)
     for message in (first, last):
         body = orjson.loads(message.body)
@@ -90,7 +90,10 @@ def test_a_job_message_id_names_the_post_id_it_is_given_whatever_it_is() -> None
     # The typed id encoding belongs to the producer (handlers/ids.py): the job carries its string.
     post_id = encode_post_id(42)
     j = decode_job(encode_job(job(post_id=post_id, head=encode_head(post_id, "u1", None, "", None))))
-    assert RangeChunkEncoder(j).message(["f"], 0, True).message_id == f"post:{post_id}:range:1:chunk:0"
+    assert (
+        RangeChunkEncoder(j.post_id, j.head, j.range_index, j.range_count).message(["f"], 0, True).message_id
+        == f"post:{post_id}:range:1:chunk:0"
+    )
     assert post_id != "42"
 
 

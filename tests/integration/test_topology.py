@@ -28,13 +28,8 @@ from handlers.ports import OutgoingMessage
 from tests.conftest import AMQP_URL, REDIS_URL
 from tests.support.wire_mongo import WireMongo
 from worker.messaging.publisher import RabbitPublisher
-from worker.messaging.topology import (
-    QueueSpec,
-    TopologySettings,
-    declare_topology,
-    ensure_topology,
-    verify_topology,
-)
+from worker.messaging.topology import declare_topology, ensure_topology, verify_topology
+from worker.topology_settings import QueueSpec, TopologySettings
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
@@ -31,18 +30,7 @@ from handlers.range_fanout import RangeResult, fan_out_range
 from worker.messaging.jobs import dead_letter, delivery_count, open_lane
 from worker.settings import FanoutSettings
 from worker.shutdown import raise_if_cancelling
-
-
-@dataclass(slots=True)
-class FanoutStats:
-    jobs_received: int = 0
-    jobs_acked: int = 0
-    redelivered: int = 0  # deliveries of a job seen before (x-delivery-count > 0 or the flag)
-    requeued: int = 0  # failed attempts handed back to the queue
-    dead_lettered: int = 0  # by this worker: malformed, permanent error, or last delivery failed
-    malformed: int = 0
-    chunks: int = 0
-    recipients: int = 0
+from worker.stats import FanoutStats
 
 
 class FanoutConsumer:

@@ -30,7 +30,7 @@ from handlers.ports import DeadLetters
 from worker.ports import ChangeFeed, Checkpoint, CheckpointStore, EventHandler, Gap
 from worker.settings import PipelineSettings
 from worker.shutdown import SETTLE_SECONDS, bounded, raise_if_cancelling, settle, until_stopped
-from worker.tailer.eventlog import StreamStats
+from worker.stats import StreamStats
 from worker.tailer.processing import BatchProcessor, Item
 from worker.tailer.watermark import Watermark
 

@@ -16,7 +16,8 @@ from worker.ports import EventHandler
 from worker.retry import Verdict, decide
 from worker.settings import PipelineSettings
 from worker.shutdown import raise_if_cancelling
-from worker.tailer.eventlog import StreamStats, event_logger
+from worker.stats import StreamStats
+from worker.tailer.eventlog import event_logger
 
 Item = tuple[int, ChangeEvent]  # (watermark sequence, event)
 Finish = Callable[[int, str, bool], None]  # (sequence, operation type, handled?)

@@ -21,7 +21,7 @@ from handlers.profiles import ProfileStats
 from worker.observe.health import HealthServer, stale_parts, status_line, worker_alive
 from worker.observe.metrics import CONTENT_TYPE, WorkerCollector, build_registry, render
 from worker.ports import PublishStats
-from worker.tailer.eventlog import StreamStats
+from worker.stats import StreamStats
 
 WALL = 1_750_000_000.0
 MONO = 5_000.0
