@@ -28,7 +28,7 @@ from tests.harness import Collector, wait_for
 from worker.fanout.consumer import FanoutConsumer
 from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryFollowerGraph
-from worker.messaging.jobs import REASON_HEADER, declare_job_topology
+from worker.messaging.jobs import REASON_HEADER, declare_job_topology, verify_job_topology
 from worker.messaging.publisher import RabbitPublisher
 from worker.settings import FanoutSettings
 
@@ -471,3 +471,23 @@ async def test_the_job_topology_is_idempotent_and_a_mismatch_names_the_queue_and
     changed = jobs.model_copy(update={"delivery_limit": jobs.delivery_limit + 1})
     with pytest.raises(ConfigError, match=rf"queue '{jobs.ordinary_queue}' already exists.*\[fanout\]"):
         await declare_job_topology(channel, changed)
+
+
+async def test_check_verifies_the_job_queues_without_creating_any(
+    connection: AbstractConnection, jobs: FanoutSettings, unique: str
+) -> None:
+    # Given job queues as the worker declares them, verification finds nothing to say
+    await verify_job_topology(connection, jobs)
+    # and on names nobody declared it creates nothing
+    fresh = jobs.model_copy(
+        update={"ordinary_queue": f"t.jobs.{unique}.never", "bulk_queue": f"t.jobs.{unique}.nor"}
+    )
+    await verify_job_topology(connection, fresh)
+    probe = await connection.channel()
+    with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+        await probe.declare_queue(fresh.ordinary_queue, passive=True)
+    # When the configuration asks for another delivery limit than the existing queues have
+    changed = jobs.model_copy(update={"delivery_limit": jobs.delivery_limit + 1})
+    # Then `check`'s verification names the queue and the [fanout] section
+    with pytest.raises(ConfigError, match=rf"queue '{jobs.ordinary_queue}' already exists.*\[fanout\]"):
+        await verify_job_topology(connection, changed)

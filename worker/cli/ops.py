@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from enrichment.errors import ConfigError, FanoutError
 from worker import uris, wiring
 from worker.failures import cause
+from worker.messaging.jobs import verify_job_topology
 from worker.messaging.topology import verify_topology
 from worker.observe.logs import redact
 from worker.ports import Checkpoint
@@ -72,6 +73,7 @@ async def _check_rabbitmq(settings: Settings) -> CheckResult:
     try:
         async with asyncio.timeout(q.confirm_timeout_seconds):
             await verify_topology(connection, q.exchange, settings.topology)
+            await verify_job_topology(connection, settings.fanout)
     except ConfigError as exc:
         return CheckResult("rabbitmq", False, str(exc), config_error=True)
     except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:

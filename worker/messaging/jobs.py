@@ -31,7 +31,7 @@ from enrichment.errors import ServiceUnavailable
 from handlers.jobs import DEFERRED, Lane
 from worker import uris
 from worker.failures import cause
-from worker.messaging.topology import guard
+from worker.messaging.topology import Declaration, guard, verify_declarations
 from worker.settings import FanoutSettings
 
 SECTION: Final = "fanout"
@@ -123,6 +123,39 @@ async def ensure_job_topology(url: str, settings: FanoutSettings, timeout_second
     except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
         where = uris.validate_amqp(url).endpoints()
         raise ServiceUnavailable(f"RabbitMQ is unreachable: {where}: {cause(exc)}") from None
+
+
+def job_declarations(settings: FanoutSettings) -> list[Declaration]:
+    """What ``declare_job_topology`` declares, as a plan ``verify_declarations`` can check."""
+
+    def queue(name: str, arguments: dict[str, Any]) -> Declaration:
+        return Declaration(
+            "queue",
+            name,
+            f"durable, {arguments}",
+            lambda channel: channel.declare_queue(name, durable=True, arguments=arguments),
+        )
+
+    def exchange(name: str, kind: aio_pika.ExchangeType) -> Declaration:
+        return Declaration(
+            "exchange", name, f"durable {kind.value}", lambda c: c.declare_exchange(name, kind, durable=True)
+        )
+
+    return [
+        exchange(settings.exchange, aio_pika.ExchangeType.TOPIC),
+        exchange(settings.dead_letter_exchange, aio_pika.ExchangeType.FANOUT),
+        queue(settings.dead_letter_queue, {"x-queue-type": "quorum"}),
+        queue(settings.ordinary_queue, lane_arguments(settings)),
+        queue(settings.bulk_queue, lane_arguments(settings)),
+        queue(settings.deferred_queue, deferred_arguments(settings)),
+    ]
+
+
+async def verify_job_topology(connection: AbstractConnection, settings: FanoutSettings) -> None:
+    """Raise ConfigError naming ``[fanout]`` if a job exchange or queue exists with other
+    arguments (``fanout-worker check``). Creates nothing."""
+    if settings.declare:
+        await verify_declarations(connection, job_declarations(settings), SECTION)
 
 
 async def delete_job_topology(url: str, settings: FanoutSettings, timeout_seconds: float) -> None:

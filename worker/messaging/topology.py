@@ -92,7 +92,7 @@ async def guard(
 
 
 @dataclass(frozen=True)
-class _Declaration:
+class Declaration:
     kind: Literal["exchange", "queue"]
     name: str
     wanted: str
@@ -110,8 +110,8 @@ class _Declaration:
         return True
 
 
-def _exchange(name: str, kind: aio_pika.ExchangeType) -> _Declaration:
-    return _Declaration(
+def _exchange(name: str, kind: aio_pika.ExchangeType) -> Declaration:
+    return Declaration(
         "exchange",
         name,
         f"durable {kind.value}",
@@ -119,8 +119,8 @@ def _exchange(name: str, kind: aio_pika.ExchangeType) -> _Declaration:
     )
 
 
-def _queue(name: str, durable: bool, args: dict[str, Any]) -> _Declaration:
-    return _Declaration(
+def _queue(name: str, durable: bool, args: dict[str, Any]) -> Declaration:
+    return Declaration(
         "queue",
         name,
         f"{'durable' if durable else 'transient'}, {args}",
@@ -128,7 +128,7 @@ def _queue(name: str, durable: bool, args: dict[str, Any]) -> _Declaration:
     )
 
 
-def _declarations(exchange_name: str, topology: TopologySettings) -> list[_Declaration]:
+def _declarations(exchange_name: str, topology: TopologySettings) -> list[Declaration]:
     plan = [_exchange(exchange_name, aio_pika.ExchangeType.TOPIC)]
     for dlx_name in topology.dead_letter_exchanges():
         plan.append(_exchange(dlx_name, aio_pika.ExchangeType.FANOUT))
@@ -168,17 +168,24 @@ async def verify_topology(
     """Raise ConfigError if the exchange or a configured queue exists with other arguments.
 
     Creates nothing: what is missing is left for ``run`` to declare. What exists is declared
-    again with the worker's arguments, a no-op unless they differ. Each probe has its own channel,
-    since the broker closes a channel on 404 and 406.
+    again with the worker's arguments, a no-op unless they differ.
     """
     plan = _declarations(exchange_name, topology)
-    for item in plan if topology.declare else plan[:1]:
+    await verify_declarations(connection, plan if topology.declare else plan[:1])
+
+
+async def verify_declarations(
+    connection: AbstractConnection, plan: list[Declaration], section: str = "topology"
+) -> None:
+    """``verify_topology`` for any plan of declarations (the job queues' too). Each probe has its
+    own channel, since the broker closes a channel on 404 and 406."""
+    for item in plan:
         probe = await connection.channel()
         if not await item.exists(probe):
             continue
         await probe.close()
         channel = await connection.channel()
-        await guard(item.kind, item.name, item.wanted, item.declare(channel))
+        await guard(item.kind, item.name, item.wanted, item.declare(channel), section=section)
         await channel.close()
 
 
