@@ -113,6 +113,8 @@ class Worker:
         runner = self.runtime.fanout
         drain = self.runtime.settings.pipeline.shutdown_deadline_seconds
         fanout = asyncio.create_task(runner.run(self.stop, drain), name="fan-out") if runner else None
+        if fanout is not None:
+            fanout.add_done_callback(self._fanout_ended)
         try:
             if not self.tails:
                 await self._fanout_only(fanout)
@@ -138,6 +140,16 @@ class Worker:
                 self.stage = "releasing the lease"
                 await bounded("releasing the lease", self.leadership.release(), STEP_SECONDS)
             await self.close()
+        if fanout is not None and not fanout.cancelled() and (exc := fanout.exception()) is not None:
+            raise exc  # after a clean shutdown of the rest: exit 1 with the error logged
+
+    def _fanout_ended(self, task: asyncio.Task[None]) -> None:
+        """Fan-out workers that end before a stop was asked for have failed (their runner survives
+        lost connections by itself): stop the whole process rather than tail posts nobody fans out."""
+        if self.stop.is_set() or task.cancelled():
+            return
+        logger.error("the fan-out workers stopped unexpectedly ({!r}); stopping", task.exception())
+        self.stop.set()
 
     async def _fanout_only(self, fanout: asyncio.Task[None] | None) -> None:
         """A fan-out-only process: run until stop, or until the fan-out workers fail."""
