@@ -1,4 +1,4 @@
-"""Followers → chunks → publishes → confirms: the fan-out loop of one post.
+"""Followers → chunks → publishes → confirms: the fan-out loop of one follower range (a job).
 
 Followers stream in pages in ascending id order (the FollowerGraph port); each recipient is kept
 once and never the author; chunks of ``chunk_size`` are published as soon as they fill, with one
@@ -60,7 +60,7 @@ async def send_chunks(
     """Publish the post's chunks to the followers ``pages`` stream and wait for every confirm,
     counting each message and its recipients in ``counts`` as it is sent.
 
-    Raises when a publish is not confirmed: the caller retries the whole post under the same ids.
+    Raises when a publish is not confirmed: the job is retried (redelivered) under the same ids.
     """
     confirms = ConfirmSet()
 

@@ -32,7 +32,8 @@ _HEX24 = re.compile(r"[0-9a-f]{24}")
 def encode_post_id(value: Any) -> str:
     """The text form of a post ``_id``: unique per distinct ``_id``, stable across replays."""
     if isinstance(value, str):
-        if value.startswith(TAG) or _HEX24.fullmatch(value):
+        # An empty _id is tagged too: ids, message ids and jobs need a non-empty text.
+        if not value or value.startswith(TAG) or _HEX24.fullmatch(value):
             return f"{TAG}str:{value}"
         return value
     if isinstance(value, ObjectId):

@@ -1,4 +1,4 @@
-"""Fan-out jobs: what the tailer hands to fan-out workers, and the chunks a worker makes of one.
+"""Fan-out jobs: what the tailer hands to fan-out workers (the job contract: encode, decode, check).
 
 A job is one follower range of one post (schemas/fanout.job.v1.json). It carries everything the
 fan-out needs without another lookup: the post and the author snapshot, encoded once by the tailer
@@ -6,9 +6,7 @@ as ``head`` and copied byte for byte into every chunk, the author id, and the ra
 bounds on ``follower_id`` (``after`` exclusive, ``until`` inclusive, null = open). Bounds, not
 offsets: a follow or unfollow between two deliveries of a range changes only that range.
 
-The chunks of a job are ``post.created`` messages, schema 2 (schemas/post.created.v2.json), with
-``message_id = post:{post_id}:range:{k}:chunk:{n}``: deterministic, so a redelivered job replays
-the same ids, and per range, so ranges processed in parallel never share one.
+The chunks a worker makes of a job are encoded by handlers/contract.py (``post.created`` schema 2).
 """
 
 from __future__ import annotations

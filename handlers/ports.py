@@ -25,7 +25,8 @@ class Publisher(Protocol):
     async def send(self, message: OutgoingMessage) -> asyncio.Future[None]:
         """Wait for room in the publish window, send, and return a future that completes on confirm.
 
-        The future fails with PublishFailed if the broker never confirms.
+        The future fails if the message cannot be confirmed: PublishFailed for an unroutable job;
+        the RabbitMQ publisher re-publishes anything else (reconnecting) until it is confirmed.
         """
         ...
 

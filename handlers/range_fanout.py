@@ -17,37 +17,10 @@ from handlers.jobs import FanoutJob
 from handlers.ports import FollowerGraph, Publisher
 
 
-class _Tee:
-    """This range's counts, added live to the process's too (``process_counts``), if given."""
-
-    def __init__(self, process: ChunkCounts | None) -> None:
-        self._process = process
-        self._messages = 0
-        self._recipients = 0
-
-    @property
-    def messages(self) -> int:
-        return self._messages
-
-    @messages.setter
-    def messages(self, value: int) -> None:
-        if self._process is not None:
-            self._process.messages += value - self._messages
-        self._messages = value
-
-    @property
-    def recipients(self) -> int:
-        return self._recipients
-
-    @recipients.setter
-    def recipients(self, value: int) -> None:
-        if self._process is not None:
-            self._process.recipients += value - self._recipients
-        self._recipients = value
-
-    def add(self, messages: int, recipients: int) -> None:
-        self.messages += messages
-        self.recipients += recipients
+@dataclass(slots=True)
+class _Counts:
+    messages: int = 0
+    recipients: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +43,15 @@ async def fan_out_range(
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    counts = _Tee(process_counts)
+    counts = _Counts()
     rng = job.range
     pages = graph.follower_pages(job.author_id, rng.after, rng.until)
     encode = RangeChunkEncoder(job.post_id, job.head, job.range_index, job.range_count).message
     await send_chunks(pages, job.author_id, encode, publisher, chunk_size, counts)
     if counts.messages == 0 and job.range_count > 1:
         await (await publisher.send(encode([], 0, True)))
-        counts.add(1, 0)
+        counts.messages += 1
+    if process_counts is not None:  # once, for a range fully confirmed: retries do not count twice
+        process_counts.messages += counts.messages
+        process_counts.recipients += counts.recipients
     return RangeResult(counts.messages, counts.recipients)

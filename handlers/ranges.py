@@ -44,7 +44,7 @@ class RangePlanner:
         self, post_id: str, author_id: str, head: bytes, kind: str = POST_CREATED
     ) -> list[FanoutJob]:
         """The jobs of one post. ``post_id`` is the post's id as messages render it and ``head``
-        its encoded post and author (handlers.jobs.encode_head), both made once by the caller."""
+        its encoded post and author (handlers.contract.encode_head), both made once by the caller."""
         ranges = await self.ranges(author_id)
         lane: Lane = "ordinary" if len(ranges) == 1 else "bulk"
         self.stats.posts += 1

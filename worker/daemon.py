@@ -1,8 +1,10 @@
-"""The Worker: leads (or waits as a standby), runs one pipeline per stream plus the invalidation
-listener, and shuts down in stages.
+"""The Worker: by its role (``fanout.role``) it leads (or waits as a standby) and runs one pipeline
+per stream plus the invalidation listener, runs this process's fan-out workers, or both; and it
+shuts down in stages.
 
-Shutdown order: stop reading → drain in-flight work within the deadline → save checkpoints →
-release the lease → close clients in reverse order of creation. Every stage is bounded
+Shutdown order: stop reading (and the fan-out workers stop taking jobs) → drain in-flight work
+and jobs in hand within the deadline → save checkpoints → release the lease → close the publishers,
+then the clients in reverse order of creation. Every stage is bounded
 (worker/shutdown.py), so a dependency that is down cannot hold the process: what could not be
 confirmed is not checkpointed and is replayed at the next start.
 """
@@ -131,8 +133,9 @@ class Worker:
             self.stage = "stopping the invalidation listener"
             await settle([listener, beat], SETTLE_SECONDS)
             if fanout is not None:
-                # The tailer has drained; the fan-out workers finish the jobs in hand (acked once
-                # their chunks are confirmed) within the same deadline; the rest are redelivered.
+                # The fan-out workers started draining at the stop, beside the tailer: the jobs in
+                # hand finish (acked once their chunks are confirmed) within the same deadline; the
+                # rest are redelivered to another worker.
                 self.stage = "draining fan-out jobs"
                 await bounded("draining fan-out jobs", asyncio.shield(fanout), drain + STEP_SECONDS)
                 await settle([fanout], SETTLE_SECONDS)

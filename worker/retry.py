@@ -1,6 +1,9 @@
 """What to do with a failed event or job, decided by the error's class, in one place.
 
-The tailer's pipeline uses it for change events; the fan-out consumer will use it for jobs.
+The tailer's batch processing uses it for change events. The fan-out consumer applies the same
+classes to jobs with the broker's delivery count (worker/fanout/consumer.py): it waits out
+``ServiceUnavailable`` holding the job, requeues other failures, dead-letters permanent ones and
+those on their last delivery.
 
 * **wait out** — a dependency is away (``ServiceUnavailable``): retry with backoff for as long as
   it takes, never charged to the item; dead-lettering healthy work during an outage would skip it.

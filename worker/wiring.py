@@ -319,6 +319,8 @@ async def _build(settings: Settings, stack: AsyncExitStack) -> Runtime:
     # Readiness reports every dependency; liveness (/healthz) alone decides restarts, so a Redis
     # outage, which the worker survives on L1 and the source, never gets it killed.
     runtime.checks = {"mongodb": mongo_ok, "rabbitmq": publisher.check}
+    if tails:  # posts wait on their jobs' confirms
+        runtime.checks["jobs"] = jobs.check
     runtime.labels = {"mongodb": "PyMongo", "rabbitmq": "RabbitMQ", "jobs": "RabbitMQ job queues"}
     if redis is not None:
         client = redis

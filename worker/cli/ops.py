@@ -52,13 +52,14 @@ async def check(settings: Settings) -> list[CheckResult]:
                 results.append(CheckResult("mongodb", False, "not a replica set: change streams need one"))
         except PyMongoError as exc:
             results.append(CheckResult("mongodb", False, _at(where, exc)))
-        redis = wiring.open_redis(settings, stack)
-        where = uris.validate_redis(settings.redis.url.get_secret_value())
-        try:
-            await redis.ping()
-            results.append(CheckResult("redis", True, "PONG"))
-        except (RedisError, OSError) as exc:
-            results.append(CheckResult("redis", False, _at(where, exc)))
+        if settings.fanout.role != "fanout":  # a fan-out worker has no cache: it needs no Redis
+            redis = wiring.open_redis(settings, stack)
+            where = uris.validate_redis(settings.redis.url.get_secret_value())
+            try:
+                await redis.ping()
+                results.append(CheckResult("redis", True, "PONG"))
+            except (RedisError, OSError) as exc:
+                results.append(CheckResult("redis", False, _at(where, exc)))
     results.append(await _check_rabbitmq(settings))
     return results
 

@@ -29,7 +29,7 @@ from handlers.ports import FollowerGraph, Publisher
 from handlers.range_fanout import RangeResult, fan_out_range
 from worker.messaging.jobs import dead_letter, delivery_count, open_lane
 from worker.settings import FanoutSettings
-from worker.shutdown import raise_if_cancelling
+from worker.shutdown import SETTLE_SECONDS, raise_if_cancelling
 from worker.stats import FanoutStats
 
 
@@ -47,6 +47,8 @@ class FanoutConsumer:
         counts: ChunkCounts | None = None,  # the process's chunk and recipient counters, if any
     ) -> None:
         self._counts = counts
+        self._waiting = 0  # jobs waiting out an unreachable dependency: the lane is paused meanwhile
+        self._stopping = False
         self._settings = settings
         self.lane: Lane = lane
         self._graph = graph
@@ -71,6 +73,7 @@ class FanoutConsumer:
     async def start(self, connection: AbstractConnection) -> None:
         """Open the lane's channel on ``connection`` (prefetch from settings) and start consuming.
         Stats carry over a ``stop`` and a ``start`` on a new connection."""
+        self._stopping = False
         if self._channel is None:
             self._channel, self._queue = await open_lane(connection, self._settings, self.lane)
         await self.resume()
@@ -92,12 +95,14 @@ class FanoutConsumer:
         if self.lost:
             self._tag = None  # nothing to cancel on a dead channel
         await self.pause()
+        self._stopping = True
         if self._tasks and drain_seconds > 0:
             await asyncio.wait(list(self._tasks), timeout=drain_seconds)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(list(self._tasks))
+            # Bounded: a job task that swallows its cancellation must not hold the shutdown.
+            await asyncio.wait(list(self._tasks), timeout=SETTLE_SECONDS)
         channel, self._channel, self._queue = self._channel, None, None
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
@@ -127,6 +132,7 @@ class FanoutConsumer:
             await self._dead_letter(message, f"{type(exc).__name__}: {exc}")
             return
         except Exception as exc:
+            raise_if_cancelling()  # a shutdown, converted by a library: leave the job for redelivery
             reason = f"{type(exc).__name__}: {exc}"
             if deliveries >= self._settings.delivery_limit:
                 # The broker would dead-letter it on this return, without saying why: do it here.
@@ -145,16 +151,33 @@ class FanoutConsumer:
 
     async def _fan_out(self, job: FanoutJob) -> RangeResult:
         """Fan the range out; while a dependency is away (MongoDB), wait it out holding the job
-        (worker/retry.py): requeueing would spend its deliveries and dead-letter a healthy job."""
+        (worker/retry.py): requeueing would spend its deliveries and dead-letter a healthy job. The
+        lane takes no new job meanwhile, so at most ``prefetch`` jobs wait; a wait longer than the
+        broker's ``consumer_timeout`` (30 min by default) closes the channel and requeues them
+        (docs/jobs.md)."""
         backoff = Backoff(0.2, self._timeout)
-        while True:
-            try:
-                return await fan_out_range(job, self._graph, self._publisher, self._chunk_size, self._counts)
-            except ServiceUnavailable as exc:
-                raise_if_cancelling()
-                delay = backoff.next_delay()
-                logger.warning("job {}: {}; retrying in {:.1f}s", job.message_id, exc, delay)
-                await asyncio.sleep(delay)
+        waiting = False
+        try:
+            while True:
+                try:
+                    return await fan_out_range(
+                        job, self._graph, self._publisher, self._chunk_size, self._counts
+                    )
+                except ServiceUnavailable as exc:
+                    raise_if_cancelling()
+                    if not waiting:
+                        waiting = True
+                        self._waiting += 1
+                        if self._waiting == 1:
+                            await self.pause()
+                    delay = backoff.next_delay()
+                    logger.warning("job {}: {}; retrying in {:.1f}s", job.message_id, exc, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            if waiting:
+                self._waiting -= 1
+                if self._waiting == 0 and not self._stopping:
+                    await self.resume()
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         logger.error("dead-lettering job {} from the {} lane: {}", message.message_id, self.lane, reason)

@@ -15,9 +15,11 @@ from collections.abc import Sequence
 import aio_pika
 from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity, ChannelPreconditionFailed
 from loguru import logger
 
 from enrichment.backoff import Backoff, wait_event
+from enrichment.errors import ConfigError
 from handlers.chunks import ChunkCounts
 from handlers.jobs import Lane
 from handlers.ports import FollowerGraph, Publisher
@@ -57,9 +59,13 @@ class FanoutRunner:
         self.depths: dict[Lane, int | None] = dict.fromkeys(lanes)
 
     async def run(self, stop: asyncio.Event, drain_seconds: float) -> None:
-        """Consume every lane until ``stop`` is set; reconnect with backoff whenever the broker is lost."""
+        """Consume every lane until ``stop`` is set; reconnect with backoff whenever the broker is lost.
+
+        A lane queue that is missing or refused is a configuration error (ConfigError), not a lost
+        connection: retrying would loop for ever, never ready."""
         while not stop.is_set():
             connection: AbstractConnection | None = None
+            stopped = False
             try:
                 connection = await aio_pika.connect(self._url, timeout=self._timeout)
                 for consumer in self.consumers.values():
@@ -74,6 +80,13 @@ class FanoutRunner:
                     if polls % _DEPTH_EVERY == 0:
                         await self._read_depths(connection)
                     polls += 1
+                await self._stop_consumers(connection, drain_seconds)
+                stopped = True
+            except (ChannelNotFoundEntity, ChannelAccessRefused, ChannelPreconditionFailed) as exc:
+                raise ConfigError(
+                    f"[fanout] job queues: {type(exc).__name__} ({exc}); declare them "
+                    "(fanout.declare = true) or fix their names and permissions"
+                ) from None
             except (TimeoutError, ConnectionError, *CONNECTION_EXCEPTIONS) as exc:
                 self.connected = False
                 delay = self._backoff.next_delay()
@@ -83,10 +96,12 @@ class FanoutRunner:
                     delay,
                 )
                 await self._stop_consumers(connection, 0.0)
+                stopped = True
                 if not await wait_event(stop, delay):
                     self.reconnects += 1
-                continue
-            await self._stop_consumers(connection, drain_seconds)
+            finally:
+                if not stopped:  # cancelled, or failed otherwise: no job task outlives the runner
+                    await self._stop_consumers(connection, 0.0)
         self.connected = False
 
     async def _read_depths(self, connection: AbstractConnection) -> None:

@@ -20,6 +20,7 @@ that disagrees with an existing queue or exchange raises ConfigError (worker/mes
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any, Final
 
 import aio_pika
@@ -32,6 +33,7 @@ from handlers.jobs import DEFERRED, Lane
 from worker import uris
 from worker.failures import cause
 from worker.messaging.topology import Declaration, guard, verify_declarations
+from worker.observe.logs import redact
 from worker.settings import FanoutSettings
 
 SECTION: Final = "fanout"
@@ -182,7 +184,9 @@ async def open_lane(
 ) -> tuple[AbstractChannel, AbstractQueue]:
     """A channel of the lane's own, with its prefetch, and the lane's queue (declared passively: the
     topology is declared at start, and a consumer must not re-declare with other arguments)."""
-    channel = await connection.channel(publisher_confirms=True)
+    # on_return_raises: a dead-lettered copy nobody takes (the dead queue missing) must fail, so
+    # the original is requeued, not acked and lost.
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     await channel.set_qos(prefetch_count=prefetch(settings, lane))
     queue = await channel.get_queue(lane_queue(settings, lane), ensure=True)
     return channel, queue
@@ -205,11 +209,12 @@ async def dead_letter(
     reason; a crash between the two leaves a redelivery, never a loss.)"""
     dlx = await channel.get_exchange(settings.dead_letter_exchange, ensure=False)
     headers = dict(message.headers or {})
-    headers[REASON_HEADER] = reason[:1000]
+    headers[REASON_HEADER] = redact(reason)[:1000]  # error texts may quote a URI
     copy = aio_pika.Message(
         message.body,
         headers=headers,
-        message_id=message.message_id,
+        # aiormq matches a returned message to its confirm by id: a foreign job may have none.
+        message_id=message.message_id or f"dead:{uuid.uuid4().hex}",
         correlation_id=message.correlation_id,
         content_type=message.content_type,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,

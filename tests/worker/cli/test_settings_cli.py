@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -420,19 +422,24 @@ def test_a_library_message_is_scrubbed_of_the_uris_secrets(message: str, uri: st
     assert "***" in scrubbed
 
 
-def test_checkpoint_show_names_host_port_and_cause_when_mongodb_is_unreachable(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_checkpoint_show_names_host_port_and_cause_when_mongodb_is_unreachable(tmp_path: Path) -> None:
     # Given MongoDB on a closed port, with a password in the URI
     config = tmp_path / "c.toml"
     config.write_text(
         '[mongo]\nuri = "mongodb://u:s3cretpw@127.0.0.1:1/?replicaSet=rs0"\nserver_selection_timeout_ms = 300\n'
     )
-    # When the operator asks for the checkpoints
-    code = main(["checkpoint", "show", "--config", str(config)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
+    # When the operator asks for the checkpoints (a real process: its exit code and its output)
+    run = subprocess.run(
+        [str(Path(sys.executable).with_name("fanout-worker")), "checkpoint", "show", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     # Then one line says where and why, never the password or only a class name
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 3
-    assert len(err) == 1
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == 3
+    assert len(err) == 1, err
     assert "127.0.0.1:1" in err[0] and "connection refused" in err[0]
-    assert "s3cretpw" not in err[0]
+    assert "s3cretpw" not in run.stdout + run.stderr
