@@ -38,7 +38,6 @@ from worker.settings import FanoutSettings
 
 SECTION: Final = "fanout"
 REASON_HEADER: Final = "x-fanout-error"  # why the worker dead-lettered a job itself
-LANE_HEADER: Final = "x-fanout-lane"
 
 
 def lane_queue(settings: FanoutSettings, lane: Lane) -> str:
