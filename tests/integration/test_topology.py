@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from enrichment.errors import ConfigError, ServiceUnavailable
 from handlers.ports import OutgoingMessage
 from tests.conftest import AMQP_URL, REDIS_URL
+from tests.faults.daemon import job_names
 from tests.support.wire_mongo import WireMongo
 from worker.messaging.publisher import RabbitPublisher
 from worker.messaging.topology import declare_topology, ensure_topology, verify_topology
@@ -320,6 +321,7 @@ def fanout_worker(command: str, exchange: str, mongo_uri: str) -> subprocess.Com
         FANOUT_RABBITMQ__URL=AMQP_URL,
         FANOUT_RABBITMQ__EXCHANGE=exchange,
         FANOUT_TOPOLOGY__DECLARE="false",  # the default queue names are shared: leave them alone
+        **job_names(exchange),  # the job queues too: the test's own names, deleted afterwards
         FANOUT_HEALTH__ENABLED="false",
         FANOUT_LOG__FORMAT="text",
     )
