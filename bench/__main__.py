@@ -84,6 +84,10 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "pipeline": base.pipeline.model_copy(update={"chunk_size": args.chunk_size}),
         }
     )
+    if args.bulk_prefetch:
+        base = base.model_copy(
+            update={"fanout": base.fanout.model_copy(update={"bulk_prefetch": args.bulk_prefetch})}
+        )
     window = base.rabbitmq.publish_window
     graph = SocialGraph(spec)
     results: dict[str, Any] = {}
@@ -250,6 +254,9 @@ def main() -> int:
         type=int,
         default=10_000_000,
         help="followers of the scale-out's one big post (default 10,000,000; 0 skips it)",
+    )
+    parser.add_argument(
+        "--bulk-prefetch", type=int, default=0, help="fanout.bulk_prefetch for the run (default: settings')"
     )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results; smoke: a temp dir)")
     args = parser.parse_args()

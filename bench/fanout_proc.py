@@ -59,7 +59,9 @@ def settings_from(cfg: dict[str, Any]) -> Settings:
             "pipeline": base.pipeline.model_copy(update={"chunk_size": cfg["chunk_size"]}),
         }
     )
-    return bench_settings(base, cfg["run_id"])
+    ordinary, bulk = cfg["prefetch"]
+    fanout = base.fanout.model_copy(update={"ordinary_prefetch": ordinary, "bulk_prefetch": bulk})
+    return bench_settings(base.model_copy(update={"fanout": fanout}), cfg["run_id"])
 
 
 def load_graph(cfg: dict[str, Any]) -> MemoryFollowerGraph:
