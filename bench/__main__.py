@@ -1,6 +1,7 @@
 """fanout-worker benchmarks: the worker side by side with the broker's ceiling and a naive baseline.
 
-    make bench                      # full run, 2-3 minutes; exits 1 when a target or a check fails
+    make bench                      # full run, 4-5 minutes; exits 1 when a target or a check fails
+    python -m bench --scaleout-only # phase 5 alone: the tailer and fan-out processes (bench/scaleout.py)
     python -m bench --smoke         # seconds-long: proves the harness works (CI); checks, no targets
 
 Real Redis and RabbitMQ on 127.0.0.1; the MongoDB side is the in-memory stand-in (NOT MongoDB), so
