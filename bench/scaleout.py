@@ -50,7 +50,7 @@ class ScaleSizes:
     half_load_seconds: float = 10.0  # round 3
     star: int = 1_000_000
     big_star: int = 10_000_000  # round 5; 0 skips it
-    max_star_posts: int = 40
+    max_star_posts: int = 60
     limit_seconds: float = 600.0
 
 
@@ -292,9 +292,11 @@ async def scaleout(base: Settings, spec: GraphSpec, ss: ScaleSizes, seed: int, t
         # 3. ordinary posts at half load while celebrity posts fan out back to back
         rate = two["posts_per_s"] / 2
         per_star = math.ceil(ss.star / chunk)
-        star_posts = max(
-            1, min(ss.max_star_posts, math.ceil(ss.half_load_seconds * two["messages_per_s"] / per_star))
-        )
+        # Twice what round 2's rate could fan out in the window, so the backlog outlasts it
+        # (stars_outlasted_window says whether it did); what is left after the window only
+        # lengthens the round.
+        backlog = 2 * ss.half_load_seconds * two["messages_per_s"] / per_star
+        star_posts = max(1, min(ss.max_star_posts, math.ceil(backlog)))
         before = _jobs(rig)
         a.go()
         b.go()
