@@ -229,6 +229,10 @@ def print_report(r: dict[str, Any], console: Console) -> None:
             ],
         )
     )
+
+
+def print_verdict(r: dict[str, Any], console: Console) -> None:
+    """The checks and the targets table."""
     smoke = r.get("run", {}).get("smoke", False)
     title = "targets (smoke sizes: a harness check, not a measurement)" if smoke else "targets"
     broken = [c["check"] for c in r["checks"] if not c["ok"]]
@@ -285,3 +289,153 @@ def write_chart(r: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def scaleout_checks(so: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scale-out rounds: every job acked once, every confirmed chunk in the queue, nothing lost."""
+    rounds = [(name, so[name]) for name in ("one", "two", "half_load", "big") if name in so]
+    rows = [
+        (
+            f"scale-out {name}: every job acked, every confirmed chunk in the queue",
+            x["jobs_acked"] == x["jobs"] and x["delivered_to_queue"] == x["messages"],
+        )
+        for name, x in rounds
+    ]
+    rows.append(
+        (
+            "scale-out ceilings: every message in the queue",
+            all(so[k]["ceiling"]["delivered"] == so[k]["ceiling"]["messages"] for k in ("one", "two")),
+        )
+    )
+    rows.append(
+        ("scale-out: nothing dead-lettered or retried", so["dead_lettered"] == 0 and so["retried"] == 0)
+    )
+    rows.append(
+        (
+            "scale-out half load: every post done",
+            so["half_load"]["ordinary_done"] + so["half_load"]["large_posts_done"]
+            == so["half_load"]["ordinary_posts"],
+        )
+    )
+    if "big" in so:
+        rows.append(
+            ("scale-out big post: every recipient", so["big"]["recipients"] == so["big"]["followers"])
+        )
+    return [{"check": name, "ok": bool(ok)} for name, ok in rows]
+
+
+def scaleout_targets(so: dict[str, Any]) -> list[dict[str, Any]]:
+    h = so["half_load"]
+    rows: list[tuple[str, float, str, Any, str]] = [
+        (
+            "one fan-out process vs one bare publisher",
+            so["one"]["ratio"],
+            "≥ 0.8×",
+            lambda v: v >= 0.8,
+            "{:.2f}×",
+        ),
+        (
+            "two fan-out processes + tailer vs two bare publishers",
+            so["two"]["ratio"],
+            "≥ 0.85×",
+            lambda v: v >= 0.85,
+            "{:.2f}×",
+        ),
+        (
+            f"ordinary p99 at half load, {h['star_followers']:,}-follower posts fanning out",
+            h["latency_p99_ms"],
+            "≤ 250 ms",
+            lambda v: v <= 250,
+            "{:.0f} ms",
+        ),
+        (
+            f"RSS growth, fan-out processes ({h['star_followers']:,} posts)",
+            max(h["rss_growth_mb"]),
+            "≤ 64 MB",
+            lambda v: v <= 64,
+            "{:.1f} MB",
+        ),
+        (
+            f"RSS growth, tailer ({h['star_followers']:,} posts)",
+            h["tailer_rss_growth_mb"],
+            "≤ 64 MB",
+            lambda v: v <= 64,
+            "{:.1f} MB",
+        ),
+    ]
+    if "big" in so:
+        b = so["big"]
+        rows += [
+            (
+                f"RSS growth, fan-out processes ({b['followers']:,} post)",
+                max(b["rss_growth_mb"]),
+                "≤ 64 MB",
+                lambda v: v <= 64,
+                "{:.1f} MB",
+            ),
+            (
+                f"RSS growth, tailer ({b['followers']:,} post)",
+                b["tailer_rss_growth_mb"],
+                "≤ 64 MB",
+                lambda v: v <= 64,
+                "{:.1f} MB",
+            ),
+            (
+                f"one {b['followers']:,}-follower post, event → last confirm, 2 processes",
+                b["seconds"],
+                "≤ 2.5 s",
+                lambda v: v <= 2.5,
+                "{:.2f} s",
+            ),
+        ]
+    return [
+        {
+            "measure": name,
+            "value": value,
+            "target": target,
+            "met": bool(ok(value)),
+            "shown": fmt.format(value),
+        }
+        for name, value, target, ok, fmt in rows
+    ]
+
+
+def print_scaleout(so: dict[str, Any], console: Console) -> None:
+    one, two, h = so["one"], so["two"], so["half_load"]
+
+    def rate(x: dict[str, Any]) -> str:
+        return (
+            f"{x['messages_per_s']:,.0f} msg/s vs {x['ceiling']['messages_per_s']:,.0f} bare "
+            f"({x['messages']:,} msgs, mean {x['ceiling']['mean_bytes']:,.0f} B; "
+            f"{x['fanout_cpu_us_per_message']:.0f} µs fan-out CPU/msg)"
+        )
+
+    rows = [
+        ("1 fan-out process, jobs waiting", rate(one)),
+        ("tailer + 2 fan-out processes", rate(two) + f", {two['posts_per_s']:,.0f} posts/s"),
+        (
+            f"half load {h['offered_posts_per_s']:,.0f} posts/s"
+            f" + {h['star_posts']} × {h['star_followers']:,}",
+            f"p50 / p99 / max {h['latency_p50_ms']:.0f} / {h['latency_p99_ms']:.0f} / "
+            f"{h['latency_max_ms']:.0f} ms; bulk busy all window: {h['stars_outlasted_window']}",
+        ),
+        (
+            "RSS growth fan-out processes / tailer",
+            f"{', '.join(f'{g:.1f}' for g in h['rss_growth_mb'])} / {h['tailer_rss_growth_mb']:.1f} MB",
+        ),
+    ]
+    if "big" in so:
+        b = so["big"]
+        rows += [
+            (
+                f"one post to {b['followers']:,}: {b['jobs']:,} ranges",
+                f"{b['seconds']:.2f} s event → last confirm ({b['messages_per_s']:,.0f} msg/s)",
+            ),
+            (
+                "  RSS growth fan-out processes / tailer",
+                f"{', '.join(f'{g:.1f}' for g in b['rss_growth_mb'])} / {b['tailer_rss_growth_mb']:.1f} MB",
+            ),
+        ]
+    console.print(
+        _table("5. scale-out: tailer here, fan-out workers in their own processes, real job queues", rows)
+    )

@@ -30,12 +30,14 @@ from worker.memory.stores import (
     MemoryPostStore,
     MemoryProfileSource,
 )
+from worker.messaging.jobs import delete_job_topology, ensure_job_topology
 from worker.settings import Settings
 from worker.streams import POSTS, PROFILES
 from worker.wiring import (
     Runtime,
     Stores,
     assemble,
+    job_publisher,
     rabbit_publisher,
     redis_client,
 )
@@ -44,9 +46,20 @@ AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def bench_settings(base: Settings, run_id: str) -> Settings:
-    """The worker's settings, on keys and an exchange of this run's own."""
+    """The worker's settings, on keys, exchanges and job queues of this run's own."""
+    jobs = f"fanout.bench.{run_id}.jobs"
     return base.model_copy(
         update={
+            "fanout": base.fanout.model_copy(
+                update={
+                    "exchange": jobs,
+                    "ordinary_queue": f"{jobs}.ordinary",
+                    "bulk_queue": f"{jobs}.bulk",
+                    "deferred_queue": f"{jobs}.deferred",
+                    "dead_letter_exchange": f"{jobs}.dlx",
+                    "dead_letter_queue": f"{jobs}.dead",
+                }
+            ),
             "redis": base.redis.model_copy(update={"key_prefix": f"fanout-bench:{run_id}:"}),
             "rabbitmq": base.rabbitmq.model_copy(update={"exchange": f"fanout.bench.{run_id}"}),
             # The graph is written just before start: setup, not workload.
@@ -94,9 +107,15 @@ class BenchQueue:
 class Rig:
     """One worker over a social graph; the bench writes posts and edits and reads the timings."""
 
-    def __init__(self, base: Settings, graph: SocialGraph | None) -> None:
+    def __init__(self, base: Settings, graph: SocialGraph | None, tailer: bool = False) -> None:
         self.run_id = uuid.uuid4().hex[:8]
         self.settings = bench_settings(base, self.run_id)
+        # tailer: the real job path, this process as `--role tailer` (jobs on this run's own RabbitMQ
+        # queues, for fan-out processes to consume: bench/scaleout.py); else jobs run inline.
+        self.tailer = tailer
+        if tailer:
+            fanout = self.settings.fanout.model_copy(update={"role": "tailer"})
+            self.settings = self.settings.model_copy(update={"fanout": fanout})
         self.graph = graph
         self.db = MemoryDatabase()
         self.follows = MemoryFollowerGraph()
@@ -129,7 +148,15 @@ class Rig:
             self.source, self.post_store, self.follows, MemoryCheckpointStore(), MemoryDeadLetters()
         )
         feeds = memory_feeds(self.db)
-        self.runtime = assemble(self.settings, feeds, stores, publisher, self.redis)
+        jobs = None
+        if self.tailer:
+            q = self.settings.rabbitmq
+            await ensure_job_topology(
+                q.url.get_secret_value(), self.settings.fanout, q.confirm_timeout_seconds
+            )
+            jobs = job_publisher(self.settings)
+            await jobs.connect()
+        self.runtime = assemble(self.settings, feeds, stores, publisher, self.redis, jobs=jobs)
         self.done = DoneTimes(self.runtime.posts)
         self.runtime.posts = self.done  # type: ignore[assignment]
         self.worker = Worker(self.runtime)
@@ -222,6 +249,11 @@ class Rig:
             await self._task
         if self.queue is not None:
             await self.queue.delete(self.settings.rabbitmq.exchange)
+        if self.tailer:
+            q = self.settings.rabbitmq
+            await delete_job_topology(
+                q.url.get_secret_value(), self.settings.fanout, q.confirm_timeout_seconds
+            )
         if self.redis is not None:
             keys = [k async for k in self.redis.scan_iter(match=f"{self.settings.redis.key_prefix}*")]
             for start in range(0, len(keys), 1000):
