@@ -46,8 +46,11 @@ def key_prefix(unique: str) -> str:
 
 
 @pytest.fixture
-def exchange(unique: str) -> str:
-    return f"test.fanout.{unique}"
+def exchange(unique: str) -> Iterator[str]:
+    """The test's own exchange name; afterwards it is deleted with the job queues named after it."""
+    name = f"test.fanout.{unique}"
+    yield name
+    asyncio.run(_delete_exchange(name))
 
 
 @pytest.fixture
@@ -58,7 +61,6 @@ async def collector(exchange: str) -> AsyncIterator[Collector]:
         pytest.fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({exc!r}); run scripts/ensure-services.sh")
     yield c
     await c.close()
-    await _delete_exchange(exchange)  # and the job queues of any daemon that used it
 
 
 async def _delete_exchange(name: str) -> None:
