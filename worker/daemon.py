@@ -212,16 +212,19 @@ class Worker:
         term_stop.set()
 
     async def close(self) -> None:
-        """Close the publisher, then each client, every one bounded: a dead peer does not answer."""
+        """Close both publishers side by side, then each client, every one bounded: a dead peer does
+        not answer."""
         # The streams drained within the deadline already; only a hard stop skips the confirms.
         drain = 0.0 if self.hard_stop else STEP_SECONDS
-        self.stage = "closing the publisher"
-        await bounded("closing the publisher", self.runtime.publisher.close(drain), drain + 2 * STEP_SECONDS)
+        self.stage = "closing the publishers"
+        # Side by side: each is bounded, and a broker that is down must not cost the wait twice.
+        closing = [
+            bounded("closing the publisher", self.runtime.publisher.close(drain), drain + 2 * STEP_SECONDS)
+        ]
         if self.runtime.jobs is not None:
-            self.stage = "closing the job publisher"
-            await bounded(
-                "closing the job publisher", self.runtime.jobs.close(drain), drain + 2 * STEP_SECONDS
-            )
+            jobs = self.runtime.jobs.close(drain)
+            closing.append(bounded("closing the job publisher", jobs, drain + 2 * STEP_SECONDS))
+        await asyncio.gather(*closing)
         self.stage = "closing the clients"
         await self.runtime.resources.aclose()
         self.stage = "stopped"
