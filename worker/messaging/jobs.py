@@ -19,7 +19,6 @@ that disagrees with an existing queue or exchange raises ConfigError (worker/mes
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any, Final
 
@@ -28,11 +27,15 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from loguru import logger
 
-from enrichment.errors import ServiceUnavailable
 from handlers.jobs import DEFERRED, Lane
-from worker import uris
-from worker.failures import cause
-from worker.messaging.topology import Declaration, guard, verify_declarations
+from worker.messaging.topology import (
+    Declaration,
+    declare_on_own_connection,
+    exchange_declaration,
+    guard,
+    queue_declaration,
+    verify_declarations,
+)
 from worker.observe.logs import redact
 from worker.settings import FanoutSettings
 
@@ -69,87 +72,46 @@ def deferred_arguments(settings: FanoutSettings) -> dict[str, Any]:
     }
 
 
-async def _queue(channel: AbstractChannel, name: str, arguments: dict[str, Any]) -> AbstractQueue:
-    return await guard(
-        "queue",
-        name,
-        f"durable, {arguments}",
-        channel.declare_queue(name, durable=True, arguments=arguments),
-        section=SECTION,
-    )
+def job_declarations(settings: FanoutSettings) -> list[Declaration]:
+    """The job exchange, its dead-letter exchange and queue, the two lanes and the delay queue, in
+    the order they are declared (and verified by ``fanout-worker check``)."""
+    exchange, queue = exchange_declaration, queue_declaration
+    return [
+        exchange(settings.exchange, aio_pika.ExchangeType.TOPIC),
+        exchange(settings.dead_letter_exchange, aio_pika.ExchangeType.FANOUT),
+        queue(settings.dead_letter_queue, True, {"x-queue-type": "quorum"}),
+        queue(settings.ordinary_queue, True, lane_arguments(settings)),
+        queue(settings.bulk_queue, True, lane_arguments(settings)),
+        queue(settings.deferred_queue, True, deferred_arguments(settings)),
+    ]
 
 
 async def declare_job_topology(channel: AbstractChannel, settings: FanoutSettings) -> None:
-    """Declare the job exchange, lanes, delay queue and dead-letter queue. Idempotent; does nothing
-    when ``settings.declare`` is false. On ConfigError the channel is closed: open a new one."""
+    """Declare the job topology and bind it. Idempotent; does nothing when ``settings.declare``
+    is false. On ConfigError the channel is closed: open a new one."""
     if not settings.declare:
         return
-    exchange = await guard(
-        "exchange",
-        settings.exchange,
-        "durable topic",
-        channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True),
-        section=SECTION,
-    )
-    dlx = await guard(
-        "exchange",
-        settings.dead_letter_exchange,
-        "durable fanout",
-        channel.declare_exchange(settings.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True),
-        section=SECTION,
-    )
-    dead = await _queue(channel, settings.dead_letter_queue, {"x-queue-type": "quorum"})
-    await guard("queue", dead.name, "bound", dead.bind(dlx, routing_key=""), "bind", SECTION)
-    bindings: list[tuple[str, str, dict[str, Any]]] = [
-        (settings.ordinary_queue, "ordinary", lane_arguments(settings)),
-        (settings.bulk_queue, "bulk", lane_arguments(settings)),
-        (settings.deferred_queue, DEFERRED, deferred_arguments(settings)),
+    declared = [
+        await guard(d.kind, d.name, d.wanted, d.declare(channel), section=SECTION)
+        for d in job_declarations(settings)
     ]
-    for name, key, arguments in bindings:
-        queue = await _queue(channel, name, arguments)
-        await guard(
-            "queue", name, f"bound to {key!r}", queue.bind(exchange, routing_key=key), "bind", SECTION
-        )
+    jobs, dlx, dead, ordinary, bulk, deferred = declared
+    for queue, source, key in (
+        (dead, dlx, ""),
+        (ordinary, jobs, "ordinary"),
+        (bulk, jobs, "bulk"),
+        (deferred, jobs, DEFERRED),
+    ):
+        bind = queue.bind(source, routing_key=key)
+        await guard("queue", queue.name, f"bound to {key!r}", bind, "bind", SECTION)
 
 
 async def ensure_job_topology(url: str, settings: FanoutSettings, timeout_seconds: float) -> None:
     """``declare_job_topology`` on a connection of its own. Raises ServiceUnavailable or ConfigError."""
-    if not settings.declare:
-        return
-    try:
-        connection = await aio_pika.connect(url, timeout=timeout_seconds)
-        async with connection:
-            channel = await asyncio.wait_for(connection.channel(), timeout_seconds)
-            await asyncio.wait_for(declare_job_topology(channel, settings), timeout_seconds)
-    except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
-        where = uris.validate_amqp(url).endpoints()
-        raise ServiceUnavailable(f"RabbitMQ is unreachable: {where}: {cause(exc)}") from None
-
-
-def job_declarations(settings: FanoutSettings) -> list[Declaration]:
-    """What ``declare_job_topology`` declares, as a plan ``verify_declarations`` can check."""
-
-    def queue(name: str, arguments: dict[str, Any]) -> Declaration:
-        return Declaration(
-            "queue",
-            name,
-            f"durable, {arguments}",
-            lambda channel: channel.declare_queue(name, durable=True, arguments=arguments),
+    if settings.declare:
+        await declare_on_own_connection(
+            url, timeout_seconds, lambda channel: declare_job_topology(channel, settings)
         )
-
-    def exchange(name: str, kind: aio_pika.ExchangeType) -> Declaration:
-        return Declaration(
-            "exchange", name, f"durable {kind.value}", lambda c: c.declare_exchange(name, kind, durable=True)
-        )
-
-    return [
-        exchange(settings.exchange, aio_pika.ExchangeType.TOPIC),
-        exchange(settings.dead_letter_exchange, aio_pika.ExchangeType.FANOUT),
-        queue(settings.dead_letter_queue, {"x-queue-type": "quorum"}),
-        queue(settings.ordinary_queue, lane_arguments(settings)),
-        queue(settings.bulk_queue, lane_arguments(settings)),
-        queue(settings.deferred_queue, deferred_arguments(settings)),
-    ]
 
 
 async def verify_job_topology(connection: AbstractConnection, settings: FanoutSettings) -> None:
@@ -165,15 +127,11 @@ async def delete_job_topology(url: str, settings: FanoutSettings, timeout_second
         connection = await aio_pika.connect(url, timeout=timeout_seconds)
         async with connection:
             channel = await connection.channel()
-            for queue in (
-                settings.ordinary_queue,
-                settings.bulk_queue,
-                settings.deferred_queue,
-                settings.dead_letter_queue,
-            ):
-                await channel.queue_delete(queue)
-            await channel.exchange_delete(settings.exchange)
-            await channel.exchange_delete(settings.dead_letter_exchange)
+            for d in reversed(job_declarations(settings)):  # queues first, then their exchanges
+                if d.kind == "queue":
+                    await channel.queue_delete(d.name)
+                else:
+                    await channel.exchange_delete(d.name)
     except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
         logger.warning("could not delete the demo's job queues ({})", type(exc).__name__)
 

@@ -110,7 +110,7 @@ class Declaration:
         return True
 
 
-def _exchange(name: str, kind: aio_pika.ExchangeType) -> Declaration:
+def exchange_declaration(name: str, kind: aio_pika.ExchangeType) -> Declaration:
     return Declaration(
         "exchange",
         name,
@@ -119,7 +119,7 @@ def _exchange(name: str, kind: aio_pika.ExchangeType) -> Declaration:
     )
 
 
-def _queue(name: str, durable: bool, args: dict[str, Any]) -> Declaration:
+def queue_declaration(name: str, durable: bool, args: dict[str, Any]) -> Declaration:
     return Declaration(
         "queue",
         name,
@@ -129,11 +129,11 @@ def _queue(name: str, durable: bool, args: dict[str, Any]) -> Declaration:
 
 
 def _declarations(exchange_name: str, topology: TopologySettings) -> list[Declaration]:
-    plan = [_exchange(exchange_name, aio_pika.ExchangeType.TOPIC)]
+    plan = [exchange_declaration(exchange_name, aio_pika.ExchangeType.TOPIC)]
     for dlx_name in topology.dead_letter_exchanges():
-        plan.append(_exchange(dlx_name, aio_pika.ExchangeType.FANOUT))
-        plan.append(_queue(f"{dlx_name}{DLQ_SUFFIX}", True, {"x-queue-type": "quorum"}))
-    plan += [_queue(spec.name, spec.durable, spec.arguments()) for spec in topology.queues]
+        plan.append(exchange_declaration(dlx_name, aio_pika.ExchangeType.FANOUT))
+        plan.append(queue_declaration(f"{dlx_name}{DLQ_SUFFIX}", True, {"x-queue-type": "quorum"}))
+    plan += [queue_declaration(spec.name, spec.durable, spec.arguments()) for spec in topology.queues]
     return plan
 
 
@@ -196,13 +196,22 @@ async def ensure_topology(
 
     Raises ServiceUnavailable when the broker cannot be reached, ConfigError on a mismatch.
     """
-    if not topology.declare:
-        return
+    if topology.declare:
+        await declare_on_own_connection(
+            url, timeout_seconds, lambda channel: declare_topology(channel, exchange_name, topology)
+        )
+
+
+async def declare_on_own_connection(
+    url: str, timeout_seconds: float, declare: Callable[[AbstractChannel], Awaitable[None]]
+) -> None:
+    """Run ``declare`` on a channel of a connection of its own, closed afterwards. Raises
+    ServiceUnavailable (host:port and cause) when the broker cannot be reached."""
     try:
         connection = await aio_pika.connect(url, timeout=timeout_seconds)
         async with connection:
             channel = await asyncio.wait_for(connection.channel(), timeout_seconds)
-            await asyncio.wait_for(declare_topology(channel, exchange_name, topology), timeout_seconds)
+            await asyncio.wait_for(declare(channel), timeout_seconds)
     except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
         where = uris.validate_amqp(url).endpoints()
         raise ServiceUnavailable(f"RabbitMQ is unreachable: {where}: {cause(exc)}") from None
