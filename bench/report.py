@@ -105,6 +105,11 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             "{:.0f} ms",
         ),
     ]
+    return _target_rows(rows)
+
+
+def _target_rows(rows: list[Any]) -> list[dict[str, Any]]:
+    """(measure, value, target, check, format) rows as the report's target dicts."""
     return [
         {
             "measure": name,
@@ -388,16 +393,7 @@ def scaleout_targets(so: dict[str, Any]) -> list[dict[str, Any]]:
                 "{:.2f} s",
             ),
         ]
-    return [
-        {
-            "measure": name,
-            "value": value,
-            "target": target,
-            "met": bool(ok(value)),
-            "shown": fmt.format(value),
-        }
-        for name, value, target, ok, fmt in rows
-    ]
+    return _target_rows(rows)
 
 
 def print_scaleout(so: dict[str, Any], console: Console) -> None:
