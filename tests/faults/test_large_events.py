@@ -22,16 +22,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from enrichment.errors import EventTooLarge
+from tests.faults import inprocess
 from tests.faults.daemon import (
     DB,
     DEAD_LETTERS,
-    REDIS_URL,
     AggregateRecorder,
     Daemons,
     checkpoint,
     checkpoint_past,
     insert_positions,
-    job_settings,
     wait_until,
     worker_env,
 )
@@ -41,10 +40,9 @@ from worker.observe.health import HealthServer
 from worker.observe.metrics import build_registry, change_stream_lag, render
 from worker.observe.summary import _totals, summary_line
 from worker.ports import Checkpoint
-from worker.settings import load_settings
 from worker.streams import POSTS, PROFILES
 from worker.tailer.pipeline import StreamPipeline
-from worker.wiring import Runtime, build_runtime
+from worker.wiring import Runtime
 
 FOLLOWERS = {"a1": ["f1", "f2"]}
 EXIT_STREAM_FATAL = 4
@@ -77,48 +75,20 @@ async def running(
     wm: WireMongo, stream: str, exchange: str, key_prefix: str, **mongo: Any
 ) -> AsyncIterator[Running]:
     """One stream's pipeline, built by the production wiring, until the block ends."""
-    settings = load_settings(
-        None,
-        mongo={"uri": wm.uri, "max_await_time_ms": 200, "server_selection_timeout_ms": 3000, **mongo},
-        redis={"url": REDIS_URL, "key_prefix": key_prefix},
-        rabbitmq={"exchange": exchange},
-        pipeline={"checkpoint_interval_seconds": 0.1, "retry_max_seconds": 2},
-        leader={"enabled": False},
-        topology={"declare": False},
-        fanout=job_settings(exchange),
-    )
-    runtime = await build_runtime(settings)
     saved: list[Checkpoint] = []
-    store = runtime.checkpoints
-    save = store.save
 
-    async def recording_save(cp: Checkpoint) -> None:
-        await save(cp)
-        saved.append(cp)
+    def record_saves(runtime: Runtime) -> None:
+        save = runtime.checkpoints.save
 
-    store.save = recording_save  # type: ignore[method-assign]
-    pipeline = StreamPipeline(
-        runtime.feeds[stream], getattr(runtime, stream), store, runtime.dead_letters, settings.pipeline
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(pipeline.run(stop))
-    assert runtime.fanout is not None  # role "all": this process fans its jobs out too
-    fanout = asyncio.create_task(runtime.fanout.run(stop, 1.0))
-    try:
-        await wait_until(
-            lambda: pipeline.stats.idle_polls > 0 or task.done(), 10, f"the {stream} stream to open"
-        )
+        async def recording_save(cp: Checkpoint) -> None:
+            await save(cp)
+            saved.append(cp)
+
+        runtime.checkpoints.save = recording_save  # type: ignore[method-assign]
+
+    cfg = inprocess.settings(wm, exchange, key_prefix, **mongo)
+    async with inprocess.pipeline_of(cfg, stream, record_saves) as (runtime, pipeline, _, task):
         yield Running(runtime, pipeline, task, saved)
-    finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(fanout, 10)
-        await runtime.publisher.close(1.0)
-        if runtime.jobs is not None:
-            await runtime.jobs.close(1.0)
-        await runtime.resources.aclose()
 
 
 def token_data(token: Any) -> str:

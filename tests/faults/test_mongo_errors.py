@@ -8,7 +8,6 @@ be read. (c)-(e) run the real ``fanout-worker run`` process, for its exit code a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -20,27 +19,25 @@ import pytest
 import redis.asyncio as aioredis
 from loguru import logger
 
+from tests.faults import inprocess
 from tests.faults.daemon import (
     CHECKPOINTS,
     DB,
     GAPS,
-    REDIS_URL,
     AggregateRecorder,
     Daemon,
     Daemons,
     checkpoint,
     checkpoint_past,
     insert_positions,
-    job_settings,
     wait_until,
     worker_env,
 )
 from tests.harness import Collector
 from tests.support.wire_mongo import WireMongo
-from worker.settings import load_settings
 from worker.streams import POSTS
 from worker.tailer.pipeline import StreamPipeline
-from worker.wiring import Runtime, build_runtime
+from worker.wiring import Runtime
 
 FOLLOWERS = {"a1": ["f1", "f2", "f3"], "a2": ["f2", "f4"]}
 EXIT_STREAM_FATAL = 4
@@ -85,47 +82,16 @@ async def posts_pipeline(
     wm: WireMongo, exchange: str, key_prefix: str, collector: Collector, redis: aioredis.Redis
 ) -> AsyncIterator[Running]:
     """Only the posts stream, so that ``fail_next("getMore")`` can only hit its cursor."""
-    settings = load_settings(
-        None,
-        mongo={"uri": wm.uri, "max_await_time_ms": 200, "server_selection_timeout_ms": 3000},
-        redis={"url": REDIS_URL, "key_prefix": key_prefix},
-        rabbitmq={"exchange": exchange},
-        pipeline={"checkpoint_interval_seconds": 0.1, "retry_max_seconds": 2},
-        leader={"enabled": False},
-        topology={"declare": False},
-        fanout=job_settings(exchange),
-    )
     logs: list[tuple[float, str, str]] = []
     sink = logger.add(
         lambda m: logs.append((time.monotonic(), m.record["level"].name, m.record["message"])),
         level="WARNING",
     )
-    runtime = await build_runtime(settings)
-    pipeline = StreamPipeline(
-        runtime.feeds[POSTS.name],
-        runtime.posts,
-        runtime.checkpoints,
-        runtime.dead_letters,
-        settings.pipeline,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(pipeline.run(stop))
-    assert runtime.fanout is not None  # role "all": this process fans its jobs out too
-    fanout = asyncio.create_task(runtime.fanout.run(stop, 1.0))
-    running = Running(runtime, pipeline, stop, task, logs)
     try:
-        await wait_until(lambda: pipeline.stats.idle_polls > 0 or task.done(), 10, "the posts stream to open")
-        yield running
+        cfg = inprocess.settings(wm, exchange, key_prefix)
+        async with inprocess.pipeline_of(cfg, POSTS.name) as (runtime, pipeline, stop, task):
+            yield Running(runtime, pipeline, stop, task, logs)
     finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(fanout, 10)
-        await runtime.publisher.close(1.0)
-        if runtime.jobs is not None:
-            await runtime.jobs.close(1.0)
-        await runtime.resources.aclose()
         logger.remove(sink)
 
 
