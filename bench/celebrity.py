@@ -36,7 +36,7 @@ async def celebrity(followers: int, base: Settings) -> dict[str, Any]:
             elapsed = time.perf_counter() - started
         delivered = await rig.queue.drain_count()
         messages = rig.runtime.publisher.stats.confirmed
-        recipients = rig.runtime.posts.stats.recipients
+        recipients = rig.posts.stats.recipients
     finally:
         await rig.stop()
     return {

@@ -157,8 +157,9 @@ class Rig:
             jobs = job_publisher(self.settings)
             await jobs.connect()
         self.runtime = assemble(self.settings, feeds, stores, publisher, self.redis, jobs=jobs)
-        self.done = DoneTimes(self.runtime.posts)
-        self.runtime.posts = self.done  # type: ignore[assignment]
+        self.posts = self.runtime.posts  # the real handler, for its counters
+        self.done = DoneTimes(self.posts)
+        self.runtime.handlers = {**self.runtime.handlers, POSTS.name: self.done}
         self.worker = Worker(self.runtime)
         # As the daemon does. It also freezes the stand-in's graph, which in production lives in
         # MongoDB, not in the worker's heap.

@@ -63,7 +63,7 @@ def _snapshot(rig: Rig) -> dict[str, int]:
         "batches": sum(p.stats.batches for p in pipelines if p.stream == POSTS.name),
         "all_batches": sum(p.stats.batches for p in pipelines),
         "messages": rig.runtime.publisher.stats.confirmed,
-        "recipients": rig.runtime.posts.stats.recipients,
+        "recipients": rig.posts.stats.recipients,
         "posts": rig.handled(POSTS.name),
         "edits": rig.handled(PROFILES.name),
         "sizes": len(rig.sizes),
@@ -236,13 +236,13 @@ async def sweep(rig: Rig, sizes: Sizes, tick: Tick) -> list[dict[str, Any]]:
     for count in SWEEP_FOLLOWERS:
         posts = max(1, sizes.sweep_messages // math.ceil(count / chunk))
         before, confirmed = rig.handled(POSTS.name), rig.confirmed
-        recipients = rig.runtime.posts.stats.recipients  # type: ignore[union-attr]
+        recipients = rig.posts.stats.recipients
         started = time.monotonic()
         for _ in range(posts):
             rig.post(sweep_user(count))
         await rig.wait_handled(before + posts, rig.handled(PROFILES.name))
         elapsed = time.monotonic() - started
-        delivered = rig.runtime.posts.stats.recipients - recipients  # type: ignore[union-attr]
+        delivered = rig.posts.stats.recipients - recipients  # type: ignore[union-attr]
         queued = await rig.queue.drain_count()  # type: ignore[union-attr]
         rows.append(
             {

@@ -22,7 +22,6 @@ from enrichment.errors import Deposed
 from worker.ports import Lease
 from worker.shutdown import SETTLE_SECONDS, bounded, settle, until_stopped
 from worker.stats import StreamStats
-from worker.streams import BY_NAME
 from worker.tailer.leader import Leadership
 from worker.tailer.pipeline import StreamPipeline
 from worker.wiring import Runtime
@@ -78,7 +77,7 @@ class Worker:
         return [
             StreamPipeline(
                 feed,
-                BY_NAME[name].handler(rt),
+                rt.handlers[name],
                 rt.checkpoints,
                 rt.dead_letters,
                 rt.settings.pipeline,

@@ -1,5 +1,6 @@
-"""THE table of change streams: one row per stream, read by the wiring, the demo, the pipelines'
-loggers, metrics and ``checkpoint show|reset``.
+"""THE table of change streams: one row per stream, read by the wiring (which builds each
+stream's feed and handler from its row), the demo, the pipelines' loggers, metrics and
+``checkpoint show|reset``.
 
 Adding a stream is one row here and one handler in ``handlers/`` (an ``EventHandler``).
 """
@@ -8,21 +9,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
+from enrichment.cache import LayeredCache
+from enrichment.ports import InvalidationBus
+from handlers.emitter import JobEmitter
 from handlers.events import POST_EVENT_FIELDS, PROFILE_EVENT_FIELDS
+from handlers.ports import PostStore, Publisher
+from handlers.posts import PostCreatedHandler, PostStats
+from handlers.profiles import ProfileChangedHandler
 from worker.ports import EventHandler
-from worker.settings import MongoSettings
+from worker.settings import MongoSettings, Settings
 
 
-class Handlers(Protocol):
-    """What a stream's handler is picked from (the Runtime)."""
+@dataclass(frozen=True, slots=True)
+class HandlerDeps:
+    """What the wiring has built, for a stream's row to build its handler from."""
 
-    @property
-    def posts(self) -> EventHandler: ...
-
-    @property
-    def profiles(self) -> EventHandler: ...
+    settings: Settings
+    cache: LayeredCache
+    bus: InvalidationBus
+    posts: PostStore
+    publisher: Publisher  # messages to consumers (profile.updated)
+    emitter: JobEmitter  # fan-out jobs (new posts)
+    post_stats: PostStats  # shared with the in-process fan-out side, which counts chunks in it
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +42,7 @@ class StreamSpec:
     update_lookup: bool  # fullDocument: "updateLookup" (the whole document on updates)
     fields: tuple[str, ...]  # the $project: only what the handler reads (events stay small)
     id_field: str  # how log lines name the document's _id
-    handler: Callable[[Handlers], EventHandler]
+    handler: Callable[[HandlerDeps], EventHandler]  # builds the stream's handler
 
 
 POSTS = StreamSpec(
@@ -43,7 +52,9 @@ POSTS = StreamSpec(
     update_lookup=False,
     fields=POST_EVENT_FIELDS,
     id_field="post_id",
-    handler=lambda h: h.posts,
+    handler=lambda d: PostCreatedHandler(
+        d.cache, d.posts, d.emitter, d.settings.pipeline.max_text_bytes, d.post_stats
+    ),
 )
 PROFILES = StreamSpec(
     name="profiles",
@@ -52,7 +63,9 @@ PROFILES = StreamSpec(
     update_lookup=True,
     fields=PROFILE_EVENT_FIELDS,
     id_field="user_id",
-    handler=lambda h: h.profiles,
+    handler=lambda d: ProfileChangedHandler(
+        d.cache, d.bus, d.posts, d.publisher, d.settings.pipeline.rewrite_concurrency
+    ),
 )
 
 STREAMS: tuple[StreamSpec, ...] = (POSTS, PROFILES)

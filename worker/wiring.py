@@ -45,10 +45,10 @@ from worker.mongo.stores import (
     MongoPostStore,
     MongoProfileSource,
 )
-from worker.ports import ChangeFeed, CheckpointStore, LeaseStore, ManagedPublisher
+from worker.ports import ChangeFeed, CheckpointStore, EventHandler, LeaseStore, ManagedPublisher
 from worker.settings import Role, Settings
 from worker.shutdown import bounded
-from worker.streams import STREAMS
+from worker.streams import POSTS, PROFILES, STREAMS, HandlerDeps
 
 
 @dataclass
@@ -57,8 +57,7 @@ class Runtime:
 
     settings: Settings
     feeds: Mapping[str, ChangeFeed]
-    posts: PostCreatedHandler
-    profiles: ProfileChangedHandler
+    handlers: Mapping[str, EventHandler]  # by stream name, built from the table's rows
     cache: LayeredCache
     bus: InvalidationBus
     publisher: ManagedPublisher
@@ -75,6 +74,19 @@ class Runtime:
     # Every client the wiring opened, closed in reverse order of opening, each step bounded.
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
     labels: dict[str, str] = field(default_factory=dict)  # what each dependency really is
+
+    @property
+    def posts(self) -> PostCreatedHandler:
+        """The posts stream's handler, whose counters and job emitter observability reads."""
+        handler = self.handlers[POSTS.name]
+        assert isinstance(handler, PostCreatedHandler)
+        return handler
+
+    @property
+    def profiles(self) -> ProfileChangedHandler:
+        handler = self.handlers[PROFILES.name]
+        assert isinstance(handler, ProfileChangedHandler)
+        return handler
 
 
 @dataclass(frozen=True)
@@ -124,11 +136,11 @@ def assemble(
         else None
     )
     emitter = JobEmitter(stores.graph, jobs, f.range_size, limiter)
+    deps = HandlerDeps(settings, cache, bus, stores.posts, publisher, emitter, post_stats)
     return Runtime(
         settings=settings,
         feeds=feeds,
-        posts=PostCreatedHandler(cache, stores.posts, emitter, p.max_text_bytes, post_stats),
-        profiles=ProfileChangedHandler(cache, bus, stores.posts, publisher, p.rewrite_concurrency),
+        handlers={spec.name: spec.handler(deps) for spec in STREAMS},
         cache=cache,
         bus=bus,
         publisher=publisher,

@@ -12,7 +12,6 @@ from typing import Any
 from tests.faults.daemon import REDIS_URL, job_settings, wait_until
 from tests.support.wire_mongo import WireMongo
 from worker.settings import Settings, load_settings
-from worker.streams import BY_NAME
 from worker.tailer.pipeline import StreamPipeline
 from worker.wiring import Runtime, build_runtime
 
@@ -41,7 +40,7 @@ async def pipeline_of(
     prepare(runtime)
     pipeline = StreamPipeline(
         runtime.feeds[stream],
-        BY_NAME[stream].handler(runtime),
+        runtime.handlers[stream],
         runtime.checkpoints,
         runtime.dead_letters,
         cfg.pipeline,
