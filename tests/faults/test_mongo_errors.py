@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from bson import ObjectId
 from loguru import logger
 
 from tests.faults import inprocess
@@ -390,3 +391,30 @@ async def test_invalidate_follows_the_history_lost_policy(
     fresh = write_posts(wm, "n", 3)
     await delivered(collector, expected(posts + fresh))
     assert await daemon.stopped() == 0
+
+
+# ------------------------------------------------------------------------------- documents
+@pytest.mark.timeout(60)
+async def test_posts_whose_ids_print_alike_are_two_posts_on_the_wire(
+    wm: WireMongo, posts_pipeline: Running, collector: Collector
+) -> None:
+    """Through PyMongo and the wire stand-in: an int ``_id`` 777 and a string ``"777"`` (and an
+    ObjectId beside the string of its hex) are four posts, with four distinct sets of message ids."""
+    # Given posts whose _ids print alike, by an author followed twice by f1 and by himself
+    oid = ObjectId()
+    social = wm.db(DB)
+    for follower in ("f1", "f1", "a2"):  # a repeated edge and a self-edge
+        social.insert("follows", {"follower_id": follower, "followee_id": "a2"})
+    for post_id in (777, "777", oid, str(oid)):
+        social.insert("posts", {"_id": post_id, "author_id": "a2", "text": f"post {post_id!r}"})
+    # When they are handled
+    texts = ["~int:777", "777", str(oid), f"~str:{oid}"]
+    await delivered(collector, {text: {"f1", *FOLLOWERS["a2"]} for text in texts})
+    # Then each has its own id text in post.id and in its message ids
+    by_post = {m.body["post"]["id"]: m.message_id for m in collector.of("post.created")}
+    assert set(by_post) == set(texts)
+    assert len(set(by_post.values())) == 4
+    # and no chunk names a recipient twice or the author, whatever the follows hold
+    for m in collector.of("post.created"):
+        recipients = m.body["recipients"]
+        assert len(recipients) == len(set(recipients)) and "a2" not in recipients
