@@ -95,13 +95,19 @@ def worker_env(wm: WireMongo, exchange: str, key_prefix: str, **overrides: str) 
 class Daemon:
     """One ``fanout-worker run`` subprocess. Its stderr lines accumulate in ``lines``."""
 
-    def __init__(self, env: Mapping[str, str], config: Path = CONFIG, name: str = "daemon") -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        config: Path = CONFIG,
+        name: str = "daemon",
+        argv: list[str] | None = None,
+    ) -> None:
         self.env = dict(env)  # to start another process like it (e.g. a fan-out worker)
         self.name = name
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [str(EXECUTABLE), "run", "--config", str(config)],
+            argv or [str(EXECUTABLE), "run", "--config", str(config)],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -238,8 +244,15 @@ class Daemons:
     def __init__(self) -> None:
         self.started: list[Daemon] = []
 
-    def spawn(self, env: Mapping[str, str], name: str = "daemon", config: Path = CONFIG) -> Daemon:
-        d = Daemon(env, config, name)
+    def spawn(
+        self,
+        env: Mapping[str, str],
+        name: str = "daemon",
+        config: Path = CONFIG,
+        argv: list[str] | None = None,
+    ) -> Daemon:
+        """``fanout-worker run``, or the process ``argv`` names (its stderr read the same way)."""
+        d = Daemon(env, config, name, argv)
         self.started.append(d)
         return d
 
