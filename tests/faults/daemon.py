@@ -263,6 +263,21 @@ class Daemons:
             print(f"----- {d.name} (pid {d.pid}, exit {d.returncode}) log -----\n{d.log_text(200)}")
 
 
+DEPLOYMENTS = ("all", "split")  # one process, or a tailer and a fan-out process
+
+
+async def fanout_beside(
+    daemons: Daemons, env: Mapping[str, str], deployment: str
+) -> tuple[dict[str, str], Daemon | None]:
+    """For ``split``: start a ``fanout`` process and return the environment of a ``tailer``; for
+    ``all``, nothing to start and the environment unchanged."""
+    if deployment == "all":
+        return dict(env), None
+    fanout = daemons.spawn({**env, "FANOUT_FANOUT__ROLE": "fanout"}, "fan-out")
+    await fanout.log_line("running", 15)
+    return {**env, "FANOUT_FANOUT__ROLE": "tailer"}, fanout
+
+
 # ---------------------------------------------------------------------- WireMongo helpers
 def seed_authors(wm: WireMongo, authors: Mapping[str, list[str]]) -> None:
     """A profile per author and per follower, and one follows edge per (follower, author)."""

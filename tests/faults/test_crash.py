@@ -20,10 +20,12 @@ import redis.asyncio as aioredis
 
 from tests.faults.daemon import (
     DB,
+    DEPLOYMENTS,
     LEASES,
     AggregateRecorder,
     Daemons,
     checkpoint,
+    fanout_beside,
     insert_positions,
     wait_until,
     worker_env,
@@ -93,7 +95,7 @@ def _epoch(leader_line: str) -> int:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("deployment", ["all", "split"])
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
 async def test_sigkill_mid_stream_loses_nothing_and_replays_only_after_the_checkpoint(
     deployment: str,
     wm: WireMongo,
@@ -114,12 +116,8 @@ async def test_sigkill_mid_stream_loses_nothing_and_replays_only_after_the_check
         FANOUT_PIPELINE__CHUNK_SIZE="5",
         FANOUT_PIPELINE__CHECKPOINT_INTERVAL_SECONDS=str(CHECKPOINT_INTERVAL),
     )
-    fanout = None
-    if deployment == "split":
-        # The jobs outlive the tailer in their durable queues; one fan-out process serves both tailers.
-        fanout = daemons.spawn({**env, "FANOUT_FANOUT__ROLE": "fanout"}, "fan-out")
-        await fanout.log_line("running", 15)
-        env = {**env, "FANOUT_FANOUT__ROLE": "tailer"}
+    # Split: the jobs outlive the tailer in their durable queues; one fan-out process serves both.
+    env, fanout = await fanout_beside(daemons, env, deployment)
 
     first = daemons.spawn(env, "first")
     first_epoch = _epoch(await first.log_line("leader now", 15))
