@@ -186,6 +186,9 @@ class FanoutSettings(_Section):
     dead_letter_queue: str = Field("fanout.jobs.dead", min_length=1)
     ordinary_prefetch: int = Field(32, gt=0, le=65_535)
     bulk_prefetch: int = Field(2, gt=0, le=65_535)
+    # The bulk lane is this many queues; each big post's ranges go to one, the next post's to the
+    # next, and workers consume them all: two celebrities posting at once progress side by side.
+    bulk_shards: int = Field(4, ge=1, le=64)
     range_size: int = Field(10_000, gt=0, le=10_000_000)
     delivery_limit: int = Field(5, gt=0, le=1_000)
     defer_seconds: float = Field(30.0, gt=0, le=86_400)
@@ -206,7 +209,8 @@ class FanoutSettings(_Section):
 
     @model_validator(mode="after")
     def _distinct(self) -> FanoutSettings:
-        queues = [self.ordinary_queue, self.bulk_queue, self.deferred_queue, self.dead_letter_queue]
+        shards = [f"{self.bulk_queue}.{k}" for k in range(1, self.bulk_shards)]
+        queues = [self.ordinary_queue, self.bulk_queue, *shards, self.deferred_queue, self.dead_letter_queue]
         if len(set(queues)) < len(queues) or self.exchange == self.dead_letter_exchange:
             raise ValueError("the job queues, and the job exchange and its dead-letter exchange, must differ")
         return self

@@ -29,7 +29,13 @@ from worker.fanout.consumer import FanoutConsumer
 from worker.fanout.runner import FanoutRunner
 from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryFollowerGraph
-from worker.messaging.jobs import REASON_HEADER, declare_job_topology, verify_job_topology
+from worker.messaging.jobs import (
+    REASON_HEADER,
+    BulkShards,
+    declare_job_topology,
+    delete_job_topology,
+    verify_job_topology,
+)
 from worker.messaging.publisher import RabbitPublisher
 from worker.settings import FanoutSettings
 
@@ -69,17 +75,7 @@ async def jobs(connection: AbstractConnection, unique: str) -> AsyncIterator[Fan
     await declare_job_topology(channel, settings)
     await channel.close()
     yield settings
-    channel = await connection.channel()  # fresh: a test may have had its channel closed
-    for queue in (
-        settings.ordinary_queue,
-        settings.bulk_queue,
-        settings.deferred_queue,
-        settings.dead_letter_queue,
-    ):
-        await channel.queue_delete(queue)
-    for exchange in (settings.exchange, settings.dead_letter_exchange):
-        await channel.exchange_delete(exchange)
-    await channel.close()
+    await delete_job_topology(AMQP_URL, settings, 5.0)
 
 
 async def publish(settings: FanoutSettings, messages: list[OutgoingMessage]) -> None:
@@ -530,3 +526,41 @@ async def test_a_fanout_process_reports_every_queue_depth_and_how_long_its_lanes
     assert ordinary.last_job_wait_seconds is not None and ordinary.last_job_wait_seconds >= 1.0
     assert runner.depths == {"ordinary": 0, "bulk": 0, "deferred": 0, "dead": 1}
     assert runner.oldest_job_ages() == {"ordinary": 0.0, "bulk": 0.0}
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+async def test_two_celebrities_posting_at_once_share_the_bulk_lane_side_by_side(
+    connection: AbstractConnection, jobs: FanoutSettings, shards: int
+) -> None:
+    # Given two celebrities' posts of 6 ranges each, A's jobs published before B's by the job
+    # publisher's shard router, and one bulk worker (2 ranges in hand per shard)
+    settings = jobs.model_copy(update={"bulk_shards": shards})
+    graph = MemoryFollowerGraph(page_size=100)
+    for star in ("A", "B"):
+        graph.set_followers(star, [f"{star}{i:05d}" for i in range(6_000)])
+    planned = [*(await plan(graph, "pa", "A", 1_000)), *(await plan(graph, "pb", "B", 1_000))]
+    router = RabbitPublisher(AMQP_URL, jobs.exchange, 64, 5.0, 1.0, route=BulkShards(shards).routing_key)
+    await router.connect()
+    try:
+        await asyncio.gather(*[await router.send(job_message(j)) for j in planned])
+    finally:
+        await router.close()
+    chunks = MemoryPublisher()
+    worker = consumer(connection, settings, "bulk", graph, chunks, chunk_size=100)
+
+    # When the worker fans them out
+    await worker.start()
+    try:
+        await wait_for(lambda: worker.stats.jobs_acked == 12, what="both posts fanned out")
+    finally:
+        await worker.stop()
+
+    # Then with shards, B's ranges were taken beside A's instead of after all of them
+    posts = [m.correlation_id for m in chunks.messages]
+    assert len(posts) == 120 and posts.count("pa") == posts.count("pb") == 60
+    first_b = posts.index("pb")
+    if shards == 1:
+        assert first_b == 60  # one FIFO queue: B waited for every range of A
+    else:
+        assert first_b < 40, first_b
+        assert posts[:60].count("pb") >= 20, posts  # a fair part of the first half was B's

@@ -26,7 +26,7 @@ from handlers.jobs import Lane
 from handlers.ports import FollowerGraph, Publisher
 from worker.fanout.consumer import FanoutConsumer
 from worker.fanout.priority import LanePriority, YieldingPublisher
-from worker.messaging.jobs import lane_queue
+from worker.messaging.jobs import lane_queues
 from worker.settings import FanoutSettings
 from worker.shutdown import raise_if_cancelling
 
@@ -69,8 +69,8 @@ class FanoutRunner:
         self._settings = settings
         # Jobs waiting in each queue, read every few seconds while connected (None: unknown): the lanes,
         # the delay queue ("deferred") and the jobs dead-lettered, by a worker or by the broker ("dead").
-        self._queues: dict[str, str] = {lane: lane_queue(settings, lane) for lane in lanes}
-        self._queues |= {"deferred": settings.deferred_queue, "dead": settings.dead_letter_queue}
+        self._queues: dict[str, list[str]] = {lane: lane_queues(settings, lane) for lane in lanes}
+        self._queues |= {"deferred": [settings.deferred_queue], "dead": [settings.dead_letter_queue]}
         self.depths: dict[str, int | None] = dict.fromkeys(self._queues)
 
     async def run(self, stop: asyncio.Event, drain_seconds: float) -> None:
@@ -125,9 +125,12 @@ class FanoutRunner:
             async with asyncio.timeout(self._timeout):
                 channel = await connection.channel()
                 try:
-                    for key, name in self._queues.items():
-                        queue = await channel.declare_queue(name, passive=True)
-                        self.depths[key] = queue.declaration_result.message_count
+                    for key, names in self._queues.items():
+                        depth = 0
+                        for name in names:
+                            queue = await channel.declare_queue(name, passive=True)
+                            depth += queue.declaration_result.message_count or 0
+                        self.depths[key] = depth
                 finally:
                     await channel.close()
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
