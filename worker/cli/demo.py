@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import textwrap
 import time
 import uuid
 from dataclasses import dataclass
@@ -356,4 +357,4 @@ def print_summary(summary: dict[str, Any]) -> None:
         else:
             print(f"{key + ':':<40} {value}")
     if PROVED in summary:
-        print(f"\n{summary[PROVED]}")
+        print("\n" + textwrap.fill(summary[PROVED], width=100))
