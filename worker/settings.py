@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError, model_validator
+from pydantic import BaseModel, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -125,12 +125,18 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
 
 
 def env_names() -> list[str]:
-    """Every variable that sets something: FANOUT_<SECTION> (JSON) and FANOUT_<SECTION>__<KEY>."""
+    """Every variable that sets something: FANOUT_<SECTION> (JSON), FANOUT_<SECTION>__<KEY>, and
+    FANOUT_<SECTION>__<SUB>__<KEY> for a section nested in a section (docs/config.md lists them)."""
+    return _names(Settings.model_fields, ENV_PREFIX)
+
+
+def _names(fields: dict[str, Any], head: str) -> list[str]:
     names = []
-    for section, info in Settings.model_fields.items():
-        names.append(f"{ENV_PREFIX}{section.upper()}")
-        fields = getattr(info.annotation, "model_fields", {})
-        names += [f"{ENV_PREFIX}{section.upper()}__{key.upper()}" for key in fields]
+    for key, info in fields.items():
+        names.append(f"{head}{key.upper()}")
+        nested = info.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            names += _names(nested.model_fields, f"{head}{key.upper()}__")
     return names
 
 

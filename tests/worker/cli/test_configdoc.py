@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from worker.cli.configdoc import REGENERATE, reference
 from worker.cli.main import main
-from worker.settings import Settings
+from worker.settings import Settings, env_names
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "config.md"
 
@@ -110,3 +111,13 @@ def test_config_reference_prints_the_reference_whatever_the_environment(
     # Then it prints the reference: it reads the model, not the settings
     assert code == 0
     assert capsys.readouterr().out == reference()
+
+
+def test_every_variable_the_reference_names_is_accepted_and_no_other_exists() -> None:
+    # Given the variables named in the reference's environment column
+    named = set(re.findall(r"\| `(FANOUT_[A-Z0-9_]+)`", reference()))
+    # Then the loader accepts each of them, and every per-key variable it accepts is documented
+    accepted = set(env_names())
+    assert named <= accepted, sorted(named - accepted)
+    per_key = {name for name in accepted if "__" in name}
+    assert per_key <= named, sorted(per_key - named)
