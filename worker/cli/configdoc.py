@@ -40,7 +40,9 @@ def reference(model: type[Settings] = Settings) -> str:
         f"is a list of tables (`{prefix}TOPOLOGY{delimiter}QUEUES='[{{\"name\": ...}}]'`). A "
         f"`{prefix}` variable that names no setting is refused. Bad settings stop every command with "
         "one line naming the field (exit 2). Secrets (URLs with credentials) never show a value here, "
-        "in `fanout-worker config` or in the logs: put them in the environment.",
+        "in `fanout-worker config` or in the logs: put them in the environment. `run` without "
+        f"`--config` starts only when `{prefix}MONGO{delimiter}URI` is set (the variables and the "
+        "defaults then configure it); otherwise it exits 2 saying what to pass.",
         "",
     ]
     for name, info in model.model_fields.items():
