@@ -160,9 +160,16 @@ def _jobs(rt: RuntimeView) -> Iterator[Metric]:
     )
     yield gauge(
         "job_queue_depth",
-        "Jobs ready in each lane's queue (read every 5 s by a fan-out process).",
+        "Jobs ready in each lane's queue, the delay queue (deferred) and the dead-letter queue (dead; "
+        "dead-lettered by a worker or by the broker past the delivery limit), read every 5 s.",
         LANE,
         [((lane,), depth) for lane, depth in sorted(runner.depths.items()) if depth is not None],
+    )
+    yield gauge(
+        "job_oldest_age_seconds",
+        "Per lane, an upper bound on how long the oldest waiting job has waited (0: none waits).",
+        LANE,
+        [((lane,), age) for lane, age in sorted(runner.oldest_job_ages().items())],
     )
     yield gauge(
         "jobs_in_flight",

@@ -57,7 +57,11 @@ def busy_worker() -> SimpleNamespace:
         "bulk": SimpleNamespace(stats=FanoutStats(4, 3, 1, 1, 0, 0), in_flight=1),
     }
     w.runtime.fanout = SimpleNamespace(
-        consumers=lanes, depths={"ordinary": 5, "bulk": None}, connected=True, reconnects=1
+        consumers=lanes,
+        depths={"ordinary": 5, "bulk": None, "deferred": 0, "dead": 1},
+        oldest_job_ages=lambda: {"ordinary": 2.0},
+        connected=True,
+        reconnects=1,
     )
     w.runtime.posts.emitter.stats.ordinary, w.runtime.posts.emitter.stats.bulk = 6, 4
     posts = w.pipelines[0]
