@@ -8,7 +8,6 @@ here. Secrets never show a value, not even their defaults.
 
 from __future__ import annotations
 
-import inspect
 import json
 import types
 from typing import Any, Literal, Union, get_args, get_origin
@@ -90,9 +89,7 @@ def _section(
 def _about(model: type[BaseModel], info: FieldInfo | None) -> str:
     if info is not None and info.description and _model_of(info.annotation) is not None:
         return _one_line(info.description)
-    doc = inspect.getdoc(model) or ""
-    if model.__module__ == BaseModel.__module__ or doc == inspect.getdoc(BaseModel):
-        return ""
+    doc = model.__dict__.get("__doc__") or ""  # its own: a docstring of a base says nothing of it
     # A section's docstring opens with its own name (``[mongo]``: ...), which the heading shows.
     text = " ".join(doc.split()).replace("``", "`")
     if text.startswith("`[") and "`: " in text:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from worker.cli.configdoc import REGENERATE, reference
 from worker.cli.main import main
-from worker.settings import Settings, env_names
+from worker.settings import Section, Settings, env_names
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "config.md"
 
@@ -82,8 +82,13 @@ class _NewSection(BaseModel):
     steps: list[_Step] = Field(default_factory=lambda: [_Step(name="one")], description="The steps.")
 
 
+class _Bare(Section):
+    on: bool = Field(True, description="Whether it is on.")
+
+
 class _Extended(Settings):
     lifecycle: _NewSection = _NewSection()
+    bare: _Bare = _Bare()
 
 
 def test_a_new_section_appears_without_a_change_to_the_generator() -> None:
@@ -99,6 +104,9 @@ def test_a_new_section_appears_without_a_change_to_the_generator() -> None:
     assert "## `[[lifecycle.steps]]`" in doc
     assert "| `every_seconds` | — | number | `5.0` | > 0, ≤ 60 | Seconds between steps. |" in doc
     assert "hunter2" not in doc
+    # and a section without a docstring of its own gets none from its base class
+    bare = doc.split("## `[bare]`", 1)[1]
+    assert bare.lstrip().startswith("| key |"), bare[:200]
 
 
 def test_config_reference_prints_the_reference_whatever_the_environment(
