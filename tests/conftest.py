@@ -70,7 +70,7 @@ async def _delete_exchange(name: str) -> None:
     connection = await aio_pika.connect(AMQP_URL, timeout=5)
     channel = await connection.channel()
     await channel.exchange_delete(name)
-    for suffix in ("ordinary", "bulk", "deferred", "dead"):
+    for suffix in ("ordinary", "bulk", "deferred", "dead", "backfill"):
         await channel.queue_delete(f"{name}.jobs.{suffix}")
     await channel.exchange_delete(f"{name}.jobs")
     await channel.exchange_delete(f"{name}.jobs.dlx")

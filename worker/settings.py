@@ -36,6 +36,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from enrichment.errors import ConfigError
 from worker import uris
+from worker.backfill_settings import BackfillSettings
 from worker.topology_settings import TopologySettings, check_name, no_bool_numbers
 
 ENV_PREFIX = "FANOUT_"
@@ -184,6 +185,9 @@ class FanoutSettings(_Section):
     deferred_queue: str = Field("fanout.jobs.deferred", min_length=1)
     dead_letter_exchange: str = Field("fanout.jobs.dlx", min_length=1)
     dead_letter_queue: str = Field("fanout.jobs.dead", min_length=1)
+    # The repair lane (backfills, dead-letter replays); "" names it "<exchange>.backfill".
+    backfill_queue: str = Field("", description="quorum queue of repair jobs; empty: '<exchange>.backfill'")
+    backfill_prefetch: int = Field(2, gt=0, le=65_535, description="repair jobs a worker holds unacked")
     ordinary_prefetch: int = Field(32, gt=0, le=65_535)
     bulk_prefetch: int = Field(2, gt=0, le=65_535)
     range_size: int = Field(10_000, gt=0, le=10_000_000)
@@ -199,6 +203,7 @@ class FanoutSettings(_Section):
         "deferred_queue",
         "dead_letter_exchange",
         "dead_letter_queue",
+        "backfill_queue",
     )
     @classmethod
     def _names(cls, value: str) -> str:
@@ -207,6 +212,7 @@ class FanoutSettings(_Section):
     @model_validator(mode="after")
     def _distinct(self) -> FanoutSettings:
         queues = [self.ordinary_queue, self.bulk_queue, self.deferred_queue, self.dead_letter_queue]
+        queues.append(self.backfill_queue or f"{self.exchange}.backfill")
         if len(set(queues)) < len(queues) or self.exchange == self.dead_letter_exchange:
             raise ValueError("the job queues, and the job exchange and its dead-letter exchange, must differ")
         return self
@@ -227,6 +233,7 @@ class Settings(BaseSettings):
     topology: TopologySettings = TopologySettings()
     fanout: FanoutSettings = FanoutSettings()
     log: LogSettings = LogSettings()
+    backfill: BackfillSettings = BackfillSettings()
 
     @model_validator(mode="after")
     def _job_exchange_is_its_own(self) -> Settings:

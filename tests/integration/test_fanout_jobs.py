@@ -74,6 +74,7 @@ async def jobs(connection: AbstractConnection, unique: str) -> AsyncIterator[Fan
         settings.bulk_queue,
         settings.deferred_queue,
         settings.dead_letter_queue,
+        f"{settings.exchange}.backfill",
     ):
         await channel.queue_delete(queue)
     for exchange in (settings.exchange, settings.dead_letter_exchange):

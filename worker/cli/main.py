@@ -24,7 +24,7 @@ from enrichment.errors import (
     StreamFatal,
 )
 from worker import __version__, uris
-from worker.cli import ops
+from worker.cli import backfill, deadletters, ops
 from worker.daemon import Worker, tune_gc
 from worker.observe.health import HealthServer, status_line, worker_alive
 from worker.observe.logs import configure, redact
@@ -121,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
         "with passwords in URLs masked.",
     )
     config.add_argument("--config", type=Path, metavar="PATH", help=config_help)
+    backfill.add_parser(sub, config_help)
+    deadletters.add_parser(sub, config_help)
     return parser
 
 
@@ -151,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "check":
             return asyncio.run(_check(settings))
+        if hasattr(args, "execute"):  # backfill, dead-letters (worker/cli/backfill.py, deadletters.py)
+            return int(asyncio.run(args.execute(settings, args)))
         return asyncio.run(_checkpoint(settings, args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

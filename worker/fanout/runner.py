@@ -24,7 +24,7 @@ from handlers.chunks import ChunkCounts
 from handlers.jobs import Lane
 from handlers.ports import FollowerGraph, Publisher
 from worker.fanout.consumer import FanoutConsumer
-from worker.messaging.jobs import lane_queue
+from worker.messaging.jobs import CONSUMED_LANES, lane_queue
 from worker.settings import FanoutSettings
 from worker.shutdown import raise_if_cancelling
 
@@ -42,7 +42,7 @@ class FanoutRunner:
         chunk_size: int,
         timeout_seconds: float,
         reconnect_max_seconds: float,
-        lanes: Sequence[Lane] = ("ordinary", "bulk"),
+        lanes: Sequence[Lane] = CONSUMED_LANES,
         counts: ChunkCounts | None = None,
     ) -> None:
         self._url = url
