@@ -73,7 +73,8 @@ async def execute(settings: Settings, args: argparse.Namespace) -> int:
     if args.rate is not None and args.rate <= 0:
         raise ConfigError("--rate must be a positive number of posts per second")
     async with AsyncExitStack() as stack:
-        ctx = await open_repair(settings, stack, publish=not args.dry_run)
+        # --snapshots rewrites posts in place: it publishes nothing.
+        ctx = await open_repair(settings, stack, publish=not (args.dry_run or args.snapshots))
         if args.gap is not None or args.all_gaps:
             return await _gaps(ctx, args)
         if args.snapshots:
