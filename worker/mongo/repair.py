@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from bson import ObjectId, json_util
+from bson import Decimal128, ObjectId, json_util
 from bson.errors import InvalidId
 from loguru import logger
 from pymongo.errors import PyMongoError
@@ -38,6 +38,37 @@ def _aware(value: Any) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+# BSON orders values by type first: number < string < object < binData < objectId < bool < date
+# (then types no post _id takes). ``$gt`` compares within one type only.
+_TYPE_ORDER = ("number", "string", "object", "binData", "objectId", "bool", "date")
+
+
+def _type_alias(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float | Decimal128):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, bytes):
+        return "binData"
+    if isinstance(value, ObjectId):
+        return "objectId"
+    if isinstance(value, datetime):
+        return "date"
+    return None
+
+
+def _ids_after(value: Any) -> list[dict[str, Any]]:
+    """Clauses matching the ``_id``s that sort after ``value``: greater ones of its type, and every
+    ``_id`` of a later type (posts sharing a ``created_at`` may hold ids of several types)."""
+    alias = _type_alias(value)
+    later = _TYPE_ORDER[_TYPE_ORDER.index(alias) + 1 :] if alias is not None else ()
+    return [{"_id": {"$gt": value}}, *({"_id": {"$type": t}} for t in later)]
+
+
 def window_filter(window: Window, after: Position | None) -> dict[str, Any]:
     """The query of a window's posts after a position. ``_id`` is always indexed; ``created_at``
     needs ``{created_at: 1, _id: 1}``, which serves the filter and the sort."""
@@ -49,7 +80,8 @@ def window_filter(window: Window, after: Position | None) -> dict[str, Any]:
         return {"_id": bounds} if bounds else {}
     clauses: list[dict[str, Any]] = [{f: bounds}] if bounds else []
     if after is not None:
-        clauses.append({"$or": [{f: {"$gt": after.key}}, {f: after.key, "_id": {"$gt": after.id}}]})
+        ties = [{f: after.key, **clause} for clause in _ids_after(after.id)]
+        clauses.append({"$or": [{f: {"$gt": after.key}}, *ties]})
     return {"$and": clauses} if clauses else {}
 
 

@@ -60,6 +60,20 @@ async def test_a_time_window_is_read_in_created_at_then_id_order_across_batches(
     assert set(first) == {"_id", "author_id", "text", "created_at"}
 
 
+async def test_posts_sharing_a_created_at_are_all_read_whatever_the_types_of_their_ids() -> None:
+    # Given posts of one millisecond whose _ids are of three types (BSON: numbers < strings < ObjectIds)
+    d = db()
+    oid = ObjectId()
+    ids: list[Any] = [7, 42, "a", "b", oid]
+    await d.posts.insert_many([{"_id": i, "author_id": "a", "created_at": T0} for i in ids])
+
+    # When read one at a time
+    got = await read_all(MongoPostReader(d.posts), Window("created_at", T0, T0), 1)
+
+    # Then each is read once, in BSON order, none skipped at a change of type
+    assert got == ids
+
+
 async def test_an_id_window_is_read_by_id() -> None:
     d = db()
     oids = sorted(ObjectId() for _ in range(6))
