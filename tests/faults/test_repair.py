@@ -147,6 +147,20 @@ async def test_a_gap_recorded_by_resume_from_now_is_backfilled_with_live_ids(
     assert done["backfill"]["posts"] == 5 and done["backfill"]["jobs"] == 5
     code, out, _ = await cli(env, "backfill", "--all-gaps")
     assert code == 0 and "no gap to backfill" in out
+
+    # And a window over posts live handling delivered gives them again, byte for byte, id for id
+    live = {m.message_id: m.body for m in collector.of("post.created") if m.correlation_id in fresh}
+    created = [p["created_at"] for p in wm.db(DB).find("posts", {"_id": {"$in": fresh}})]
+    code, _, err = await cli(
+        env, "backfill", "--from", min(created).isoformat(), "--to", max(created).isoformat()
+    )
+    assert code == 0, err
+    await wait_until(
+        lambda: all(len(bodies_by_id(collector)[i]) == 2 for i in live_ids(fresh)), 15, "the posts resent"
+    )
+    again = bodies_by_id(collector)
+    assert set(live) == live_ids(fresh)
+    assert all(again[i] == [body, body] for i, body in live.items())
     assert await second.stopped() == 0
 
 

@@ -133,11 +133,13 @@ async def _gaps(ctx: RepairContext, args: argparse.Namespace) -> int:
         if not chosen:
             raise ConfigError(f"no gap {args.gap!r} (`backfill --all-gaps --dry-run` lists them)")
     else:
-        chosen = [r for r in records if r.backfilled_at is None or args.restart]
+        # A dry run lists them all; a run takes those not backfilled yet.
+        chosen = [r for r in records if r.backfilled_at is None or args.restart or args.dry_run]
     if not chosen:
         print("no gap to backfill")
         return 0
     snapshots: RunState | None = None
+    left = 0  # gaps --all-gaps cannot do alone
     for record in chosen:
         gap, key = record.gap, f"gap:{record.id}"
         if args.dry_run:
@@ -145,7 +147,9 @@ async def _gaps(ctx: RepairContext, args: argparse.Namespace) -> int:
             print(f"gap {record.id}: {gap.stream} from {gap.start} to {gap.end} ({gap.reason}); {done}")
             if gap.stream == POSTS.name and gap.start is not None:
                 await _print_dry_run(ctx, key, _gap_window(record))
-            elif gap.stream != POSTS.name:
+            elif gap.stream == POSTS.name:
+                print(f"  no start time: backfill it with --from ISO --to {gap.end.isoformat()}")
+            else:
                 print("  would repair every post's snapshot (--snapshots)")
             continue
         if record.backfilled_at is not None and not args.restart:
@@ -153,6 +157,12 @@ async def _gaps(ctx: RepairContext, args: argparse.Namespace) -> int:
             print(f"gap {record.id}: already backfilled at {at} (--restart to redo)")
             continue
         if gap.stream == POSTS.name:
+            if gap.start is None and args.all_gaps:
+                print(
+                    f"gap {record.id}: no start time: backfill it with --from ISO --to {gap.end.isoformat()}"
+                )
+                left += 1
+                continue
             state = await _backfill(ctx, args, key, _gap_window(record))
         else:
             # Profile changes skipped: the posts' snapshots may be stale; rewrite them (once).
@@ -161,7 +171,7 @@ async def _gaps(ctx: RepairContext, args: argparse.Namespace) -> int:
         _print_state(state)
         await ctx.gaps.mark_backfilled(record.id, state.counts)
         print(f"gap {record.id}: marked backfilled")
-    return 0
+    return 1 if left else 0
 
 
 async def _run_snapshots(ctx: RepairContext, args: argparse.Namespace) -> RunState:
