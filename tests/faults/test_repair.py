@@ -187,7 +187,7 @@ async def test_a_backfill_killed_halfway_and_restarted_loses_nothing(
     window = ["--from", (now() - timedelta(days=1)).isoformat(), "--to", now().isoformat()]
 
     # When a slow backfill of the window is SIGKILLed once some batches are confirmed
-    backfill = Cli(env, "backfill", *window, "--rate", "8")
+    backfill = Cli(env, "backfill", *window, "--rate", "5")
     await wait_until(
         lambda: any(d.get("counts", {}).get("posts", 0) >= 6 for d in wm.db(DB).find(BACKFILLS)),
         60,

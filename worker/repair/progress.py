@@ -14,7 +14,15 @@ _BAR = 30
 
 
 class Progress:
-    def __init__(self, what: str, total: int | None, out: TextIO, tty: bool | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        total: int | None,
+        out: TextIO,
+        tty: bool | None = None,
+        log_every_seconds: float = _LOG_EVERY_SECONDS,
+    ) -> None:
+        self._every = log_every_seconds
         self._what = what
         self.total = total
         self._out = out
@@ -32,7 +40,7 @@ class Progress:
             bar = "#" * round(frac * _BAR)
             self._out.write(f"\r{self._what} [{bar:<{_BAR}}] {done}{of} ({rate:.0f}/s) {detail}  ")
             self._out.flush()
-        elif now - self._logged >= _LOG_EVERY_SECONDS:
+        elif now - self._logged >= self._every:
             self._logged = now
             logger.info("{}: {}{} ({:.0f}/s) {}", self._what, done, of, rate, detail)
 
