@@ -71,7 +71,7 @@ async def _delete_exchange(name: str) -> None:
     channel = await connection.channel()
     await channel.exchange_delete(name)
     shards = [f"bulk.{k}" for k in range(1, 16)]  # the bulk lane's shards (tests use fewer than 16)
-    for suffix in ("ordinary", "bulk", *shards, "deferred", "dead"):
+    for suffix in ("ordinary", "bulk", *shards, "deferred", "dead", "backfill"):
         await channel.queue_delete(f"{name}.jobs.{suffix}")
     await channel.exchange_delete(f"{name}.jobs")
     await channel.exchange_delete(f"{name}.jobs.dlx")

@@ -178,6 +178,15 @@ class FanoutSettings(Section):
         min_length=1,
         description="Quorum queue keeping dead jobs (x-death and x-fanout-error say why).",
     )
+    # The repair lane (backfills, dead-letter replays); "" names it "<exchange>.backfill".
+    backfill_queue: str = Field(
+        "",
+        description="Quorum queue of repair jobs (backfill, dead-letter replay); "
+        "empty: '<exchange>.backfill'.",
+    )
+    backfill_prefetch: int = Field(
+        2, gt=0, le=65_535, description="Repair jobs one worker holds unacknowledged (its concurrency there)."
+    )
     ordinary_prefetch: int = Field(
         32,
         gt=0,
@@ -229,6 +238,7 @@ class FanoutSettings(Section):
         "deferred_queue",
         "dead_letter_exchange",
         "dead_letter_queue",
+        "backfill_queue",
     )
     @classmethod
     def _names(cls, value: str) -> str:
@@ -238,6 +248,7 @@ class FanoutSettings(Section):
     def _distinct(self) -> FanoutSettings:
         shards = [f"{self.bulk_queue}.{k}" for k in range(1, self.bulk_shards)]
         queues = [self.ordinary_queue, self.bulk_queue, *shards, self.deferred_queue, self.dead_letter_queue]
+        queues.append(self.backfill_queue or f"{self.exchange}.backfill")
         if len(set(queues)) < len(queues) or self.exchange == self.dead_letter_exchange:
             raise ValueError("the job queues, and the job exchange and its dead-letter exchange, must differ")
         return self

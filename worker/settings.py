@@ -30,6 +30,7 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 from enrichment.errors import ConfigError
+from worker.backfill_settings import BackfillSettings
 from worker.runtime_settings import (
     CacheSettings,
     FanoutSettings,
@@ -79,6 +80,7 @@ class Settings(BaseSettings):
     topology: TopologySettings = TopologySettings()
     fanout: FanoutSettings = FanoutSettings()
     log: LogSettings = LogSettings()
+    backfill: BackfillSettings = BackfillSettings()
 
     @model_validator(mode="after")
     def _job_exchange_is_its_own(self) -> Settings:

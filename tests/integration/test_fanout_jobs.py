@@ -30,13 +30,16 @@ from worker.fanout.runner import FanoutRunner
 from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryFollowerGraph
 from worker.messaging.jobs import (
+    BACKFILL,
     REASON_HEADER,
     BulkShards,
+    backfill_queue,
     declare_job_topology,
     delete_job_topology,
     verify_job_topology,
 )
 from worker.messaging.publisher import RabbitPublisher
+from worker.repair.pace import LanePublisher
 from worker.settings import FanoutSettings
 
 pytestmark = pytest.mark.integration
@@ -490,6 +493,44 @@ async def test_check_verifies_the_job_queues_without_creating_any(
         await verify_job_topology(connection, changed)
 
 
+async def test_backfill_jobs_wait_in_their_own_lane_at_its_prefetch_while_live_posts_flow(
+    connection: AbstractConnection, jobs: FanoutSettings
+) -> None:
+    # Given a backfill's jobs, routed as the repair commands route them, whose fan-out is stuck
+    graph = GatedGraph(held="old")
+    graph.set_followers("old", ["f1"])
+    for n in range(10):
+        graph.set_followers(f"u{n}", [f"f{n}"])
+    backfill_jobs = [(await plan(graph, f"b{n}", "old", 10))[0] for n in range(6)]
+    live_jobs = [(await plan(graph, f"p{n}", f"u{n}", 10))[0] for n in range(10)]
+    lane = consumer(connection, jobs, BACKFILL, graph, MemoryPublisher())
+    ordinary = consumer(connection, jobs, "ordinary", graph, MemoryPublisher())
+    await lane.start()
+    await ordinary.start()
+    routed = LanePublisher(RabbitPublisher(AMQP_URL, jobs.exchange, 256, 5.0, 1.0), BACKFILL)
+    try:
+        await routed.connect()
+        await asyncio.gather(*[await routed.send(job_message(j)) for j in backfill_jobs])
+        await wait_for(
+            lambda: lane.in_flight == jobs.backfill_prefetch, what="the backfill lane's hands full"
+        )
+        assert await depth(connection, backfill_queue(jobs)) == 6 - jobs.backfill_prefetch
+        assert await depth(connection, jobs.ordinary_queue) == 0
+
+        # When live posts arrive
+        await publish(jobs, [job_message(j) for j in live_jobs])
+
+        # Then every one is fanned out while no backfill job has finished, and the backfill goes on after
+        await wait_for(lambda: ordinary.stats.jobs_acked == 10, what="the ordinary lane drained")
+        assert lane.stats.jobs_acked == 0
+        graph.gate.set()
+        await wait_for(lambda: lane.stats.jobs_acked == 6, what="the backfill lane drained")
+    finally:
+        await routed.close()
+        await lane.stop()
+        await ordinary.stop()
+
+
 async def test_a_fanout_process_reports_every_queue_depth_and_how_long_its_lanes_jobs_waited(
     jobs: FanoutSettings,
 ) -> None:
@@ -524,8 +565,8 @@ async def test_a_fanout_process_reports_every_queue_depth_and_how_long_its_lanes
     # Then it saw how long the jobs had waited (AMQP timestamps are whole seconds), every queue's
     # depth (lanes, the delay queue, the dead letters), and no job waits now
     assert ordinary.last_job_wait_seconds is not None and ordinary.last_job_wait_seconds >= 1.0
-    assert runner.depths == {"ordinary": 0, "bulk": 0, "deferred": 0, "dead": 1}
-    assert runner.oldest_job_ages() == {"ordinary": 0.0, "bulk": 0.0}
+    assert runner.depths == {"ordinary": 0, "bulk": 0, "backfill": 0, "deferred": 0, "dead": 1}
+    assert runner.oldest_job_ages() == {"ordinary": 0.0, "bulk": 0.0, "backfill": 0.0}
 
 
 @pytest.mark.parametrize("shards", [1, 4])

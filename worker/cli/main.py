@@ -25,7 +25,7 @@ from enrichment.errors import (
     StreamFatal,
 )
 from worker import __version__, uris
-from worker.cli import ops, options
+from worker.cli import backfill, deadletters, ops, options
 from worker.cli.configdoc import reference
 from worker.cli.options import common_options
 from worker.daemon import Worker, tune_gc
@@ -147,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Print every setting with its environment variable, type, default, bounds and "
         "description, as Markdown, from the settings model (no file or variable is read).",
     )
+    backfill.add_parser(sub, config_help)
+    deadletters.add_parser(sub, config_help)
     return parser
 
 
@@ -202,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "check":
             return asyncio.run(_check(settings))
+        if hasattr(args, "execute"):  # backfill, dead-letters (worker/cli/backfill.py, deadletters.py)
+            return int(asyncio.run(args.execute(settings, args)))
         return asyncio.run(_checkpoint(settings, args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -26,7 +26,7 @@ from handlers.jobs import Lane
 from handlers.ports import FollowerGraph, Publisher
 from worker.fanout.consumer import FanoutConsumer
 from worker.fanout.priority import LanePriority, YieldingPublisher
-from worker.messaging.jobs import lane_queues
+from worker.messaging.jobs import CONSUMED_LANES, lane_queues
 from worker.settings import FanoutSettings
 from worker.shutdown import raise_if_cancelling
 
@@ -44,7 +44,7 @@ class FanoutRunner:
         chunk_size: int,
         timeout_seconds: float,
         reconnect_max_seconds: float,
-        lanes: Sequence[Lane] = ("ordinary", "bulk"),
+        lanes: Sequence[Lane] = CONSUMED_LANES,
         counts: ChunkCounts | None = None,
     ) -> None:
         self._url = url
@@ -56,7 +56,7 @@ class FanoutRunner:
                 settings,
                 lane,
                 graph,
-                YieldingPublisher(publisher, self.priority) if lane == "bulk" else publisher,
+                YieldingPublisher(publisher, self.priority) if lane != "ordinary" else publisher,
                 chunk_size,
                 timeout_seconds,
                 counts,

@@ -10,7 +10,10 @@
   with ``x-overflow = reject-publish``) into the job dead-letter exchange;
 - that dead-letter exchange (durable ``fanout``) and its quorum queue: jobs are kept, never dropped;
 - the delay queue, bound to ``deferred``: no consumer; its TTL (``defer_seconds``) dead-letters each
-  job back to the bulk lane, at least once.
+  job back to the bulk lane, at least once;
+- the backfill lane (``backfill_queue``, key ``backfill``): the repair commands' jobs, byte for byte
+  the jobs live handling publishes, consumed with their own small prefetch so live traffic keeps
+  its latency.
 
 Lanes are separate queues, not priorities (quorum queues have none before 4.0): each has its own
 consumers and prefetch, so a backlog of celebrity ranges never delays ordinary posts.
@@ -47,6 +50,8 @@ from worker.observe.logs import redact
 from worker.settings import FanoutSettings
 
 SECTION: Final = "fanout"
+BACKFILL: Final = "backfill"  # routing key and lane of the repair jobs
+CONSUMED_LANES: Final[tuple[Lane, ...]] = ("ordinary", "bulk", BACKFILL)  # what fan-out workers consume
 REASON_HEADER: Final = "x-fanout-error"  # why the worker dead-lettered a job itself
 
 
@@ -60,7 +65,14 @@ def bulk_queues(settings: FanoutSettings) -> list[str]:
     return [settings.bulk_queue, *(f"{settings.bulk_queue}.{k}" for k in range(1, settings.bulk_shards))]
 
 
+def backfill_queue(settings: FanoutSettings) -> str:
+    return settings.backfill_queue or f"{settings.exchange}.backfill"
+
+
 def lane_queues(settings: FanoutSettings, lane: Lane) -> list[str]:
+    """The lane's queues: one, or the bulk lane's shards."""
+    if lane == BACKFILL:
+        return [backfill_queue(settings)]
     return [settings.ordinary_queue] if lane == "ordinary" else bulk_queues(settings)
 
 
@@ -89,6 +101,8 @@ class BulkShards:
 
 
 def prefetch(settings: FanoutSettings, lane: Lane) -> int:
+    if lane == BACKFILL:
+        return settings.backfill_prefetch
     return settings.ordinary_prefetch if lane == "ordinary" else settings.bulk_prefetch
 
 
@@ -114,8 +128,8 @@ def deferred_arguments(settings: FanoutSettings) -> dict[str, Any]:
 
 
 def job_declarations(settings: FanoutSettings) -> list[Declaration]:
-    """The job exchange, its dead-letter exchange and queue, the two lanes and the delay queue, in
-    the order they are declared (and verified by ``fanout-worker check``)."""
+    """The job exchange, its dead-letter exchange and queue, the two lanes, the delay queue and the
+    backfill lane, in the order they are declared (and verified by ``fanout-worker check``)."""
     exchange, queue = exchange_declaration, queue_declaration
     return [
         exchange(settings.exchange, aio_pika.ExchangeType.TOPIC),
@@ -124,6 +138,7 @@ def job_declarations(settings: FanoutSettings) -> list[Declaration]:
         queue(settings.ordinary_queue, True, lane_arguments(settings)),
         *(queue(name, True, lane_arguments(settings)) for name in bulk_queues(settings)),
         queue(settings.deferred_queue, True, deferred_arguments(settings)),
+        queue(backfill_queue(settings), True, lane_arguments(settings)),
     ]
 
 
@@ -136,12 +151,13 @@ async def declare_job_topology(channel: AbstractChannel, settings: FanoutSetting
         await guard(d.kind, d.name, d.wanted, d.declare(channel), section=SECTION)
         for d in job_declarations(settings)
     ]
-    jobs, dlx, dead, ordinary, *bulk, deferred = declared
+    jobs, dlx, dead, ordinary, *bulk, deferred, backfill = declared
     for queue, source, key in (
         (dead, dlx, ""),
         (ordinary, jobs, "ordinary"),
         *((shard, jobs, bulk_key(k)) for k, shard in enumerate(bulk)),
         (deferred, jobs, DEFERRED),
+        (backfill, jobs, BACKFILL),
     ):
         bind = queue.bind(source, routing_key=key)
         await guard("queue", queue.name, f"bound to {key!r}", bind, "bind", SECTION)
