@@ -1,0 +1,92 @@
+"""Helpers for the deploy-artifact tests: finding the operators' tools, the metric names the worker
+exports, and the metric names a PromQL expression reads."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.observe.metrics import build_registry, render
+from worker.stats import FanoutStats
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def require_tool(name: str) -> str:
+    """The tool's path. Missing: a failure in CI, a skip with the reason locally (like a service)."""
+    venv_bin = Path(sys.executable).parent
+    found = shutil.which(name, path=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found:
+        return found
+    reason = (
+        f"{name} is not installed: run scripts/ensure-services.sh (promtool) or `make venv` (Python tools)"
+    )
+    if in_ci():
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _every_branch_worker() -> Any:
+    """A leader with Redis and fan-out workers: the worker view under which every family is exported.
+
+    It reuses the metrics tests' stand-in, which carries every field of worker.stats.WorkerView,
+    and adds a fan-out runner (worker.stats.FanoutView) with a readable queue depth.
+    """
+    from tests.worker.observe.test_metrics_health import fake_worker, pipeline
+
+    saved = time.time()
+    streams = [pipeline(stream, checkpoint_saved_at=saved) for stream in ("posts", "profiles")]
+    lane = {lane: SimpleNamespace(stats=FanoutStats(), in_flight=0) for lane in ("ordinary", "bulk")}
+    worker = fake_worker(role="leader", pipelines=streams)
+    worker.runtime.fanout = SimpleNamespace(
+        consumers=lane, depths={"ordinary": 0, "bulk": 0}, connected=True, reconnects=0
+    )
+    return worker
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name the worker's registry exposes (``fanout_events_total``, not ``fanout_events``)."""
+    text = render(build_registry(_every_branch_worker())).decode()
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+_PROMQL_WORDS = {
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+    "offset", "bool", "inf", "nan",
+}  # fmt: skip
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric (and recording-rule) names an expression reads.
+
+    A small lexer, enough for the expressions this project writes: strings, label matchers,
+    grouping clauses, ranges and durations are removed; what is left and is not a function call,
+    a keyword or a number is a metric name.
+    """
+    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)  # strings (label values, format strings)
+    text = re.sub(r"\$\{?\w+\}?", " ", text)  # Grafana variables: $__rate_interval, ${lane}
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges and subqueries
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        word = match.group(0)
+        follows = text[match.end() :].lstrip()
+        if follows.startswith("(") or word.lower() in _PROMQL_WORDS:
+            continue  # a function or aggregation, or a keyword
+        names.add(word)
+    return names
