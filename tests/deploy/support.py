@@ -90,3 +90,25 @@ def promql_metric_names(expr: str) -> set[str]:
             continue  # a function or aggregation, or a keyword
         names.add(word)
     return names
+
+
+def health_paths() -> set[str]:
+    """The paths the health listener answers, read from worker/observe/health.py."""
+    source = (ROOT / "worker" / "observe" / "health.py").read_text()
+    return set(re.findall(r'path == "(/[a-z]+)"', source))
+
+
+def settings_env_names() -> set[str]:
+    """Every FANOUT_ variable the settings model accepts (FANOUT_<SECTION>__<KEY> and FANOUT_<SECTION>)."""
+    from worker.settings import env_names
+
+    return set(env_names())
+
+
+def fanout_roles() -> set[str]:
+    """The values of fanout.role (and of ``run --role``)."""
+    from typing import get_args
+
+    from worker.settings import FanoutSettings
+
+    return set(get_args(FanoutSettings.model_fields["role"].annotation))
