@@ -112,3 +112,24 @@ def fanout_roles() -> set[str]:
     from worker.settings import FanoutSettings
 
     return set(get_args(FanoutSettings.model_fields["role"].annotation))
+
+
+def secret_env_names() -> set[str]:
+    """The variables of the settings that are credentials (SecretStr): what a Secret must hold."""
+    from pydantic import SecretStr
+
+    from worker.settings import ENV_PREFIX, Settings
+
+    names = set()
+    for section, info in Settings.model_fields.items():
+        for key, field in getattr(info.annotation, "model_fields", {}).items():
+            if field.annotation is SecretStr:
+                names.add(f"{ENV_PREFIX}{section.upper()}__{key.upper()}")
+    return names
+
+
+def package_version() -> str:
+    """The release: worker.__version__, which pyproject.toml reads (dynamic version)."""
+    from worker import __version__
+
+    return __version__
