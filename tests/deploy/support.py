@@ -16,7 +16,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.observe.metrics import build_registry, render
-from worker.stats import FanoutStats
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -44,17 +43,22 @@ def _every_branch_worker() -> Any:
     """A leader with Redis and fan-out workers: the worker view under which every family is exported.
 
     It reuses the metrics tests' stand-in, which carries every field of worker.stats.WorkerView,
-    and adds a fan-out runner (worker.stats.FanoutView) with a readable queue depth.
+    and adds the fan-out runner the wiring builds (worker.wiring.fanout_runner: nothing connects
+    until it runs), with every queue depth read as empty.
     """
     from tests.worker.observe.test_metrics_health import fake_worker, pipeline
+    from worker.settings import Settings
+    from worker.wiring import fanout_runner
 
     saved = time.time()
     streams = [pipeline(stream, checkpoint_saved_at=saved) for stream in ("posts", "profiles")]
-    lane = {lane: SimpleNamespace(stats=FanoutStats(), in_flight=0) for lane in ("ordinary", "bulk")}
     worker = fake_worker(role="leader", pipelines=streams)
-    worker.runtime.fanout = SimpleNamespace(
-        consumers=lane, depths={"ordinary": 0, "bulk": 0}, connected=True, reconnects=0
+    runner = fanout_runner(
+        Settings(), SimpleNamespace(), worker.runtime.publisher, SimpleNamespace(messages=0, recipients=0)
     )
+    runner.depths = dict.fromkeys(runner.depths, 0)
+    runner.connected = True
+    worker.runtime.fanout = runner
     return worker
 
 
