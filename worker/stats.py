@@ -58,6 +58,8 @@ class FanoutStats:
     requeued: int = 0  # failed attempts handed back to the queue
     dead_lettered: int = 0  # by this worker: malformed, permanent error, or last delivery failed
     malformed: int = 0
+    last_job_wait_seconds: float | None = None  # how long the last job taken had waited in its queue
+    last_job_taken_at: float = 0.0  # wall clock (time.time()) when it was taken
     chunks: int = 0
     recipients: int = 0
 
@@ -172,7 +174,9 @@ class FanoutView(Protocol):
     def consumers(self) -> Mapping[Lane, LaneView]: ...
 
     @property
-    def depths(self) -> Mapping[Lane, int | None]: ...
+    def depths(self) -> Mapping[str, int | None]: ...
+
+    def oldest_job_ages(self) -> Mapping[Lane, float]: ...
 
     @property
     def connected(self) -> bool: ...

@@ -189,6 +189,7 @@ def job_publisher(settings: Settings) -> RabbitPublisher:
         q.confirm_timeout_seconds,
         q.reconnect_max_seconds,
         unroutable_fails=True,
+        stamped=True,
     )
 
 

@@ -26,6 +26,7 @@ from handlers.ranges import RangePlanner
 from tests.conftest import AMQP_URL
 from tests.harness import Collector, wait_for
 from worker.fanout.consumer import FanoutConsumer
+from worker.fanout.runner import FanoutRunner
 from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryFollowerGraph
 from worker.messaging.jobs import REASON_HEADER, declare_job_topology, verify_job_topology
@@ -491,3 +492,41 @@ async def test_check_verifies_the_job_queues_without_creating_any(
     # Then `check`'s verification names the queue and the [fanout] section
     with pytest.raises(ConfigError, match=rf"queue '{jobs.ordinary_queue}' already exists.*\[fanout\]"):
         await verify_job_topology(connection, changed)
+
+
+async def test_a_fanout_process_reports_every_queue_depth_and_how_long_its_lanes_jobs_waited(
+    jobs: FanoutSettings,
+) -> None:
+    # Given a malformed job (to be dead-lettered) and two jobs that wait 2 s in the ordinary lane,
+    # published by a stamping publisher like the tailer's
+    graph = MemoryFollowerGraph()
+    graph.set_followers("a", ["f1", "f2"])
+    planned = [*(await plan(graph, "p1", "a", 10)), *(await plan(graph, "p2", "a", 10))]
+    stamped = RabbitPublisher(AMQP_URL, jobs.exchange, 8, 5.0, 1.0, stamped=True)
+    await stamped.connect()
+    try:
+        junk = OutgoingMessage("ordinary", "job:junk", "junk", b"{}")
+        await asyncio.gather(*[await stamped.send(m) for m in [junk, *map(job_message, planned)]])
+    finally:
+        await stamped.close()
+    await asyncio.sleep(2.2)
+
+    # When a fan-out process's runner takes them
+    runner = FanoutRunner(AMQP_URL, jobs, graph, MemoryPublisher(), 10, 5.0, 1.0)
+    assert runner.oldest_job_ages() == {}  # nothing read yet: unknown, not "none waiting"
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop, 1.0))
+    try:
+        ordinary = runner.consumers["ordinary"].stats
+        await wait_for(lambda: ordinary.jobs_acked == 2 and ordinary.dead_lettered == 1, what="the jobs")
+        # (the depths are read on connecting, then every 5 s)
+        await wait_for(lambda: runner.depths.get("dead") == 1, timeout=12, what="the dead job counted")
+    finally:
+        stop.set()
+        await task
+
+    # Then it saw how long the jobs had waited (AMQP timestamps are whole seconds), every queue's
+    # depth (lanes, the delay queue, the dead letters), and no job waits now
+    assert ordinary.last_job_wait_seconds is not None and ordinary.last_job_wait_seconds >= 1.0
+    assert runner.depths == {"ordinary": 0, "bulk": 0, "deferred": 0, "dead": 1}
+    assert runner.oldest_job_ages() == {"ordinary": 0.0, "bulk": 0.0}

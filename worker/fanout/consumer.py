@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
@@ -45,8 +47,10 @@ class FanoutConsumer:
         chunk_size: int,
         timeout_seconds: float = 10.0,
         counts: ChunkCounts | None = None,  # the process's chunk and recipient counters, if any
+        held: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
         self._counts = counts
+        self._held = held or contextlib.nullcontext  # around each job (the ordinary lane's priority)
         self._waiting = 0  # jobs waiting out an unreachable dependency: the lane is paused meanwhile
         self._stopping = False
         self._settings = settings
@@ -116,7 +120,12 @@ class FanoutConsumer:
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        with self._held():
+            await self._handle_job(message)
+
+    async def _handle_job(self, message: AbstractIncomingMessage) -> None:
         self.stats.jobs_received += 1
+        self._note_wait(message)
         deliveries = delivery_count(message)
         if deliveries:
             self.stats.redelivered += 1
@@ -148,6 +157,18 @@ class FanoutConsumer:
         self.stats.recipients += result.recipients
         if await self._settle(message.ack()):
             self.stats.jobs_acked += 1
+
+    def _note_wait(self, message: AbstractIncomingMessage) -> None:
+        """How long the job waited in the queue (its AMQP timestamp, whole seconds, set by the job
+        publisher): the lane's queue is FIFO, so this is the age of its oldest job when taken."""
+        stamp = message.timestamp
+        if stamp is None:
+            return
+        if stamp.tzinfo is None:  # AMQP timestamps are UTC seconds
+            stamp = stamp.replace(tzinfo=UTC)
+        now = time.time()
+        self.stats.last_job_taken_at = now
+        self.stats.last_job_wait_seconds = max(0.0, now - stamp.timestamp())
 
     async def _fan_out(self, job: FanoutJob) -> RangeResult:
         """Fan the range out; while a dependency is away (MongoDB), wait it out holding the job

@@ -41,8 +41,11 @@ class RabbitPublisher:
         confirm_timeout_seconds: float,
         reconnect_max_seconds: float,
         unroutable_fails: bool = False,
+        stamped: bool = False,
     ) -> None:
         self._url = url
+        # Jobs: the AMQP timestamp (whole seconds) tells a fan-out worker how long a job waited.
+        self._stamped = stamped
         # Jobs: an unroutable job would be a lost post, so it fails its publish (and the post is
         # retried, then dead-lettered) instead of being logged and dropped like a message nobody binds.
         self._unroutable_fails = unroutable_fails
@@ -98,6 +101,7 @@ class RabbitPublisher:
             correlation_id=message.correlation_id,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            timestamp=time.time() if self._stamped else None,
         )
         while True:
             # Fast path while connected: no lock, no coroutine per message.

@@ -304,9 +304,16 @@ class WorkerCollector(Collector):
             return
         yield _gauge(
             "job_queue_depth",
-            "Jobs ready in each lane's queue (read every 5 s by a fan-out process).",
+            "Jobs ready in each lane's queue, the delay queue (deferred) and the dead-letter queue (dead; "
+            "dead-lettered by a worker or by the broker past the delivery limit), read every 5 s.",
             ("lane",),
             [((lane,), depth) for lane, depth in sorted(runner.depths.items()) if depth is not None],
+        )
+        yield _gauge(
+            "job_oldest_age_seconds",
+            "Per lane, an upper bound on how long the oldest waiting job has waited (0: none waits).",
+            ("lane",),
+            [((lane,), age) for lane, age in sorted(runner.oldest_job_ages().items())],
         )
         yield _gauge(
             "jobs_in_flight",
