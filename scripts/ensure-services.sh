@@ -3,8 +3,9 @@
 # installed, for `make test` / `make demo`.  Starts them (and, on Debian/Ubuntu
 # as root or with passwordless sudo, installs them) when they are not.
 #
-# Usage: scripts/ensure-services.sh [--check] [-h|--help]
-#   --check   only check reachability; never start or install anything.
+# Usage: scripts/ensure-services.sh [--check] [--no-tools] [-h|--help]
+#   --check     only check reachability; never start or install anything.
+#   --no-tools  Redis and RabbitMQ only, not promtool (`make demo` needs no tools).
 #
 # Environment:
 #   REDIS_HOST (127.0.0.1)   REDIS_PORT (6379)
@@ -31,15 +32,17 @@ RABBITMQ_START_TIMEOUT="${RABBITMQ_START_TIMEOUT:-60}"
 CI="${CI:-}"
 
 CHECK_ONLY=0
+TOOLS=1
 PROG="${0##*/}"
 
 usage() {
-    sed -n '2,19s/^# \{0,1\}//p' "$0"
+    sed -n '2,20s/^# \{0,1\}//p' "$0"
 }
 
 while (($#)); do
     case "$1" in
         --check) CHECK_ONLY=1 ;;
+        --no-tools) TOOLS=0 ;;
         -h | --help)
             usage
             exit 0
@@ -638,7 +641,7 @@ ensure_promtool() {
 status=0
 ensure_redis || status=1
 ensure_rabbitmq || status=1
-if ! ensure_promtool; then
+if ((TOOLS)) && ! ensure_promtool; then
     if in_ci; then
         echo "    (CI=${CI}: the alert-rule tests need promtool: a hard failure)" >&2
         status=1
