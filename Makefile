@@ -25,7 +25,7 @@ services:
 	scripts/ensure-services.sh
 
 demo: venv
-	@scripts/ensure-services.sh || echo "demo: continuing with the in-memory stand-ins for what is missing"
+	@scripts/ensure-services.sh --no-tools || echo "demo: continuing with the in-memory stand-ins for what is missing"
 	@FANOUT_LOG__FORMAT=text $(BIN)/fanout-worker demo --log-level WARNING
 
 lint: venv

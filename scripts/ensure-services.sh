@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# ensure-services.sh — make sure Redis and RabbitMQ are reachable for
-# `make test` / `make demo`.  Starts them (and, on Debian/Ubuntu as root or
-# with passwordless sudo, installs them) when they are not.
+# ensure-services.sh — make sure Redis and RabbitMQ are reachable, and promtool
+# installed, for `make test` / `make demo`.  Starts them (and, on Debian/Ubuntu
+# as root or with passwordless sudo, installs them) when they are not.
 #
-# Usage: scripts/ensure-services.sh [--check] [-h|--help]
-#   --check   only check reachability; never start or install anything.
+# Usage: scripts/ensure-services.sh [--check] [--no-tools] [-h|--help]
+#   --check     only check reachability; never start or install anything.
+#   --no-tools  Redis and RabbitMQ only, not promtool (`make demo` needs no tools).
 #
 # Environment:
 #   REDIS_HOST (127.0.0.1)   REDIS_PORT (6379)
 #   AMQP_HOST  (127.0.0.1)   AMQP_PORT  (5672)
 #   RABBITMQ_START_TIMEOUT   seconds to wait for RabbitMQ to boot (60)
-#   CI                       when "true", failure messages say so (exit is 1
-#                            on any unreachable service either way)
+#   CI                       when "true", a missing promtool fails too (locally
+#                            it is a warning: tests/deploy skip with the reason)
 #
 # Services are only started/installed when their host is local
-# (127.0.0.1, localhost or ::1).  Exit status: 0 = both reachable, 1 = not,
-# 2 = usage error.
+# (127.0.0.1, localhost or ::1).  promtool (tests/deploy: the alert rules) comes
+# from Debian's package "prometheus"; no Prometheus server is left running.
+# Exit status: 0 = ready, 1 = not, 2 = usage error.
 set -euo pipefail
 
 # Non-root Debian users often lack the sbin dirs (rabbitmq-* live there).
@@ -30,15 +32,17 @@ RABBITMQ_START_TIMEOUT="${RABBITMQ_START_TIMEOUT:-60}"
 CI="${CI:-}"
 
 CHECK_ONLY=0
+TOOLS=1
 PROG="${0##*/}"
 
 usage() {
-    sed -n '2,18s/^# \{0,1\}//p' "$0"
+    sed -n '2,20s/^# \{0,1\}//p' "$0"
 }
 
 while (($#)); do
     case "$1" in
         --check) CHECK_ONLY=1 ;;
+        --no-tools) TOOLS=0 ;;
         -h | --help)
             usage
             exit 0
@@ -567,9 +571,82 @@ ensure_rabbitmq() {
     return 1
 }
 
+# ---------------------------------------------------------------- promtool
+
+in_ci() {
+    case "${CI,,}" in
+        true | 1 | yes) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+promtool_ok() { have promtool && with_timeout 10 promtool --version >/dev/null 2>&1; }
+
+# The package's postinst starts a Prometheus server (sysvinit script, or the
+# systemd unit where systemd runs).  We only want promtool: stop what the
+# install started, through the package's own init script or unit, never by name.
+stop_packaged_prometheus() { # stop_packaged_prometheus <log>
+    local log="$1"
+    if [[ -d /run/systemd/system ]] && have systemctl; then
+        as_root systemctl disable --now prometheus.service >>"$log" 2>&1 </dev/null 9>&- || true
+    elif [[ -x /etc/init.d/prometheus ]]; then
+        as_root /etc/init.d/prometheus stop >>"$log" 2>&1 </dev/null 9>&- || true
+    fi
+}
+
+ensure_promtool() {
+    if promtool_ok; then
+        echo "promtool: installed"
+        return 0
+    fi
+    if ((CHECK_ONLY)); then
+        echo "promtool: MISSING (package prometheus)" >&2
+        return 1
+    fi
+    take_lock
+    if promtool_ok; then
+        echo "promtool: installed (concurrently)"
+        return 0
+    fi
+    local log rc=0 t0
+    mktemp_log
+    log="$LOG"
+    t0="$(now_ms)"
+    echo "promtool: not found; installing package prometheus ..." >&2
+    apt_install prometheus "$log" || rc=$?
+    # Whether or not the postinst managed to start the server (its start fails,
+    # e.g., when port 9090 is taken, failing the install after promtool was
+    # unpacked), leave none running.
+    ((rc == 3)) || stop_packaged_prometheus "$log"
+    if promtool_ok; then
+        if ((rc != 0)); then
+            echo "promtool: installed ($(elapsed "$t0")); the package's own set-up failed, which promtool does not need:" >&2
+            indent_tail "$log" 5
+        else
+            echo "promtool: installed ($(elapsed "$t0"))"
+        fi
+        return 0
+    fi
+    if ((rc == 3)); then
+        echo "promtool: MISSING — it cannot be installed here (needs apt-get and root or passwordless sudo)" >&2
+    else
+        echo "promtool: MISSING — 'apt-get install prometheus' failed:" >&2
+        indent_tail "$log"
+    fi
+    return 1
+}
+
 # -------------------------------------------------------------------- main
 
 status=0
 ensure_redis || status=1
 ensure_rabbitmq || status=1
+if ((TOOLS)) && ! ensure_promtool; then
+    if in_ci; then
+        echo "    (CI=${CI}: the alert-rule tests need promtool: a hard failure)" >&2
+        status=1
+    else
+        echo "    (tests/deploy that need promtool will skip; install package prometheus to run them)" >&2
+    fi
+fi
 exit "$status"

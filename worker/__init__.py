@@ -1,3 +1,3 @@
 """The runtime: settings, wiring, change feeds, checkpoints, batching, publishing, CLI."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
