@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 from tests.deploy.support import ROOT
+from worker.backfill_settings import BackfillSettings
 from worker.settings import MongoSettings
 
 DEPLOY_MD = ROOT / "docs" / "deploy.md"
@@ -78,12 +79,15 @@ def documented_role() -> tuple[set[str], dict[str, set[str]]]:
 
 
 def collection_settings() -> dict[str, str]:
-    """{field: collection} for every collection the [mongo] settings name."""
+    """{field: collection} for every collection the settings name: [mongo]'s, and the backfills'."""
     defaults = MongoSettings()
     return {
-        name: getattr(defaults, name)
-        for name, field in MongoSettings.model_fields.items()
-        if field.annotation is str and name != "database"
+        **{
+            name: getattr(defaults, name)
+            for name, field in MongoSettings.model_fields.items()
+            if field.annotation is str and name != "database"
+        },
+        "backfill.collection": BackfillSettings().collection,
     }
 
 
