@@ -36,6 +36,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from enrichment.errors import ConfigError
 from worker import uris
+from worker.lifecycle_settings import PostLifecycleSettings
 from worker.topology_settings import TopologySettings, check_name, no_bool_numbers
 
 ENV_PREFIX = "FANOUT_"
@@ -227,6 +228,7 @@ class Settings(BaseSettings):
     topology: TopologySettings = TopologySettings()
     fanout: FanoutSettings = FanoutSettings()
     log: LogSettings = LogSettings()
+    post_lifecycle: PostLifecycleSettings = PostLifecycleSettings()
 
     @model_validator(mode="after")
     def _job_exchange_is_its_own(self) -> Settings:
