@@ -28,9 +28,11 @@ class MemoryChangeCursor:
         max_await_seconds: float,
         fields: Sequence[str] | None = None,
         before_change: str | None = None,
+        match: Mapping[str, Any] | None = None,
     ) -> None:
         self._db = db
         self._before_change = before_change
+        self._match = match or {}
         self._stream = stream
         self._collection = collection
         self._ops = op_types
@@ -68,6 +70,8 @@ class MemoryChangeCursor:
                 self._pos = pos
                 if event["ns"]["coll"] != self._collection or event["operationType"] not in self._ops:
                     continue
+                if not matches(event, self._match):
+                    continue
                 return self._render(pos, event)
 
     def _render(self, pos: int, event: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +89,26 @@ class MemoryChangeCursor:
                 raise StreamFatal(self._stream, 47, "a required pre-image is missing")
             out["fullDocumentBeforeChange"] = copy.deepcopy(before)
         return out if self._fields is None else project(out, self._fields)
+
+
+def matches(doc: Mapping[str, Any], conditions: Mapping[str, Any]) -> bool:
+    """The feeds' extra ``$match`` conditions, of the forms they use: ``{path: {"$exists": bool}}``
+    and ``{path: value}`` on dotted paths through documents."""
+    for path, condition in conditions.items():
+        value: Any = doc
+        for part in path.split("."):
+            value = value.get(part, _MISSING) if isinstance(value, Mapping) else _MISSING
+        if isinstance(condition, Mapping) and set(condition) == {"$exists"}:
+            if (value is not _MISSING) != bool(condition["$exists"]):
+                return False
+        elif isinstance(condition, Mapping) and any(str(k).startswith("$") for k in condition):
+            raise ValueError(f"the in-memory feed cannot match {condition!r}")
+        elif value != condition:
+            return False
+    return True
+
+
+_MISSING = object()
 
 
 def project(doc: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
@@ -118,9 +142,11 @@ class MemoryChangeFeed:
         max_await_seconds: float = 0.2,
         fields: Sequence[str] | None = None,
         before_change: str | None = None,
+        match: Mapping[str, Any] | None = None,
     ) -> None:
         self.stream = stream
         self._before_change = before_change
+        self._match = match
         self._fields = fields  # the fields handlers read: projected like the MongoDB feed does
         self._db = db
         self._collection = collection
@@ -153,6 +179,7 @@ class MemoryChangeFeed:
             self._await,
             self._fields,
             self._before_change,
+            self._match,
         )
 
     async def check_pre_images(self) -> None:
@@ -168,8 +195,7 @@ def memory_feeds(
     db: MemoryDatabase, max_await_seconds: float = 0.2, settings: Settings | None = None
 ) -> dict[str, ChangeFeed]:
     """Every stream of the table over the in-memory MongoDB stand-in (demo, benchmarks, tests),
-    watching what ``build_runtime``'s feeds do under ``settings`` (the defaults if None). NOT
-    MongoDB: extra ``$match`` conditions are not applied (the handlers ignore what they filter)."""
+    watching what ``build_runtime``'s feeds do under ``settings`` (the defaults if None). NOT MongoDB."""
     settings = settings or Settings()
     feeds: dict[str, ChangeFeed] = {}
     for spec in STREAMS:
@@ -183,5 +209,6 @@ def memory_feeds(
             max_await_seconds,
             watch.fields,
             watch.before_change,
+            watch.match,
         )
     return feeds

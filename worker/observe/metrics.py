@@ -236,6 +236,17 @@ class WorkerCollector(Collector):
         posts = rt.posts.stats
         yield _counter("posts_handled", "Posts fanned out.", (), [((), posts.posts)])
         yield _counter("recipients", "Followers a post was fanned out to.", (), [((), posts.recipients)])
+        yield _counter(
+            "post_events",
+            "Post edits and deletes: fanned out, ignored (no visible field), dead-lettered (author unknown).",
+            ("event",),
+            [
+                (("updated",), posts.edits),
+                (("deleted",), posts.deletes),
+                (("edit_ignored",), posts.edits_ignored),
+                (("delete_author_unknown",), posts.deletes_author_unknown),
+            ],
+        )
         profiles = rt.profiles.stats
         yield _counter(
             "profiles_deleted",
