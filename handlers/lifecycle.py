@@ -114,9 +114,11 @@ def parse_post_change(
         desc = event.raw.get("updateDescription")
         if not isinstance(desc, Mapping):
             raise InvalidEvent(f"post {post_id}: update has no updateDescription")
-        updated = desc.get("updatedFields") or {}
-        touched = {p.split(".", 1)[0] for p in (*updated, *(desc.get("removedFields") or []))}
-        if touched <= {SNAPSHOT_FIELD}:
+        updated, removed = desc.get("updatedFields") or {}, desc.get("removedFields") or []
+        if not isinstance(updated, Mapping) or not isinstance(removed, list):
+            raise InvalidEvent(f"post {post_id}: malformed updateDescription")
+        touched = {str(p).split(".", 1)[0] for p in (*updated, *removed)}
+        if touched and touched <= {SNAPSHOT_FIELD}:
             return Ignored(OWN_WRITE)
         soft = rules.soft_delete_field
         if soft and updated.get(soft) is not None:

@@ -69,9 +69,11 @@ class PostCreatedHandler:
         return self.emitter.graph.invalid_ids
 
     async def process(self, events: Sequence[ChangeEvent], report: Report) -> None:
-        """Validate, then handle the valid posts as one batch, reporting each post as it finishes.
+        """Validate, then handle the new posts as one batch and each edit and delete on its own,
+        reporting each event as it finishes.
 
-        Invalid events are reported at once with InvalidEvent.
+        Invalid events are reported at once with InvalidEvent (AuthorUnknown for a delete whose
+        author cannot be known); changes followers do not see are reported done at once.
         """
         valid: list[NewPost] = []
         positions: list[int] = []

@@ -251,6 +251,8 @@ def test_own_snapshot_writes_are_ignored_as_such() -> None:
         (event("update", documentKey={"_id": "p1"}, fullDocument=None,
                updateDescription={"updatedFields": {"deleted_at": 1}}), "soft-deleted but its author is unknown"),
         (event("update", documentKey={"_id": "p1"}, fullDocument=DOC), "no updateDescription"),
+        (event("update", documentKey={"_id": "p1"}, fullDocument=DOC,
+               updateDescription={"updatedFields": ["text"]}), "malformed updateDescription"),
         (event("delete", documentKey={}), "documentKey._id"),
     ],
 )  # fmt: skip
