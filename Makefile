@@ -11,11 +11,13 @@ help:
 	@echo "make test   - install, start Redis/RabbitMQ if needed, then ruff, mypy and pytest (what CI runs)"
 	@echo "make bench  - benchmarks against the broker ceiling and a naive baseline (real Redis and RabbitMQ)"
 
+# Quiet: pip's output goes to $(VENV)/install.log, shown only when the install fails.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+	@echo "installing fanout-worker and its dependencies into $(VENV) (once; under a minute)"
+	@$(PYTHON) -m venv $(VENV)
+	@{ $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e '.[dev,bench]'; } > $(VENV)/install.log 2>&1 \
+		|| { cat $(VENV)/install.log; echo "install failed: the log above is in $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
@@ -24,7 +26,7 @@ services:
 
 demo: venv
 	@scripts/ensure-services.sh || echo "demo: continuing with the in-memory stand-ins for what is missing"
-	FANOUT_LOG__FORMAT=text $(BIN)/fanout-worker demo
+	@FANOUT_LOG__FORMAT=text $(BIN)/fanout-worker demo --log-level WARNING
 
 lint: venv
 	$(BIN)/ruff check .

@@ -27,7 +27,8 @@ from handlers.ports import OutgoingMessage
 
 JOB_SCHEMA: Final = 1
 KINDS: Final = frozenset({POST_CREATED, POST_UPDATED, POST_DELETED})
-Lane = Literal["ordinary", "bulk"]
+# A job's body names ordinary or bulk (LANES); "backfill" is only a queue: repair jobs routed there.
+Lane = Literal["ordinary", "bulk", "backfill"]
 LANES: Final[frozenset[str]] = frozenset({"ordinary", "bulk"})
 DEFERRED: Final = "deferred"  # routing key of the delay queue; it dead-letters into the bulk lane
 

@@ -70,7 +70,8 @@ async def _delete_exchange(name: str) -> None:
     connection = await aio_pika.connect(AMQP_URL, timeout=5)
     channel = await connection.channel()
     await channel.exchange_delete(name)
-    for suffix in ("ordinary", "bulk", "deferred", "dead"):
+    shards = [f"bulk.{k}" for k in range(1, 16)]  # the bulk lane's shards (tests use fewer than 16)
+    for suffix in ("ordinary", "bulk", *shards, "deferred", "dead", "backfill"):
         await channel.queue_delete(f"{name}.jobs.{suffix}")
     await channel.exchange_delete(f"{name}.jobs")
     await channel.exchange_delete(f"{name}.jobs.dlx")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from worker.service_settings import Section
 
 PreImages = Literal["off", "when-available", "required"]
 # Top-level field names only: the feed projects them and reads them from updateDescription.
@@ -23,10 +25,8 @@ def _field_name(value: str, what: str) -> str:
     return value
 
 
-class PostLifecycleSettings(BaseModel):
+class PostLifecycleSettings(Section):
     """``[post_lifecycle]``: edits and deletes of posts fanned out to the author's followers."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     edits: bool = Field(True, description="Fan out post.updated when a visible field of a post changes.")
     visible_fields: list[str] = Field(

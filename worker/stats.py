@@ -10,18 +10,58 @@ sides. Tests pass any object with these fields.
 from __future__ import annotations
 
 import asyncio
+import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from enrichment.cache import CacheStats
 from handlers.emitter import EmitStats
+from handlers.events import ChangeEvent
 from handlers.jobs import Lane
 from handlers.posts import PostStats
 from handlers.profiles import ProfileStats
 from worker.ports import Checkpoint, PublishStats
+
+# Upper bounds (seconds) of the event-latency histogram: the write's time has 1 s resolution on
+# servers that send only clusterTime, so the low buckets matter where events carry wallTime.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+@dataclass(slots=True)
+class LatencyHistogram:
+    """Fixed buckets, so memory stays bounded whatever the traffic; read as a Prometheus histogram."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))  # last: +Inf
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)  # a clock behind MongoDB's would give a negative latency
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations at or below it), ending with (inf, count)."""
+        out, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+def written_at(event: ChangeEvent) -> datetime | None:
+    """When the change was written: ``wallTime`` (milliseconds; MongoDB 6.0+), else ``clusterTime``
+    (whole seconds)."""
+    wall = event.raw.get("wallTime")
+    if isinstance(wall, datetime):
+        return wall if wall.tzinfo is not None else wall.replace(tzinfo=UTC)
+    return event.cluster_time
 
 
 @dataclass(slots=True)
@@ -39,9 +79,17 @@ class StreamStats:
     oversize_skipped: int = 0  # events over 16 MB let through without their documents ("skip")
     # (operationType, outcome) → count, outcome in read | handled | dead_lettered | retried
     by_type: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Seconds from the write to the event handled (for a post: its last job confirmed).
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def count(self, op: str, outcome: str, n: int = 1) -> None:
         self.by_type[(op, outcome)] += n
+
+    def observe_handled(self, event: ChangeEvent, now: float | None = None) -> None:
+        """Record the event's write-to-handled latency, when the event says when it was written."""
+        written = written_at(event)
+        if written is not None:
+            self.latency.observe((time.time() if now is None else now) - written.timestamp())
 
     def count_size(self, fragments: int, oversize_bytes: int | None) -> None:
         if fragments > 1:
@@ -58,6 +106,8 @@ class FanoutStats:
     requeued: int = 0  # failed attempts handed back to the queue
     dead_lettered: int = 0  # by this worker: malformed, permanent error, or last delivery failed
     malformed: int = 0
+    last_job_wait_seconds: float | None = None  # how long the last job taken had waited in its queue
+    last_job_taken_at: float = 0.0  # wall clock (time.time()) when it was taken
     chunks: int = 0
     recipients: int = 0
 
@@ -172,7 +222,9 @@ class FanoutView(Protocol):
     def consumers(self) -> Mapping[Lane, LaneView]: ...
 
     @property
-    def depths(self) -> Mapping[Lane, int | None]: ...
+    def depths(self) -> Mapping[str, int | None]: ...
+
+    def oldest_job_ages(self) -> Mapping[Lane, float]: ...
 
     @property
     def connected(self) -> bool: ...

@@ -33,12 +33,23 @@ class QueueSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1)
-    bindings: list[str] = Field(min_length=1)  # routing keys (topic patterns allowed)
-    type: Literal["classic", "quorum"] = "quorum"
-    durable: bool = True
-    dead_letter_exchange: str | None = Field(None, min_length=1)
-    message_ttl_ms: int | None = Field(None, ge=0)
+    name: str = Field(min_length=1, description="Queue name.")
+    bindings: list[str] = Field(
+        min_length=1, description="Routing keys bound from rabbitmq.exchange (topic patterns allowed)."
+    )
+    type: Literal["classic", "quorum"] = Field(
+        "quorum", description="quorum (replicated; must be durable) or classic."
+    )
+    durable: bool = Field(True, description="The queue survives a broker restart.")
+    dead_letter_exchange: str | None = Field(
+        None,
+        min_length=1,
+        description="Where rejected or expired messages go: a durable fanout exchange, and its queue "
+        'named "<exchange>.queue".',
+    )
+    message_ttl_ms: int | None = Field(
+        None, ge=0, description="Milliseconds a message may wait before it is dead-lettered; unset: no limit."
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -84,8 +95,13 @@ class TopologySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    declare: bool = True
-    queues: list[QueueSpec] = Field(default_factory=_default_queues)
+    declare: bool = Field(
+        True, description="Declare the queues below at start (idempotent); false leaves the broker alone."
+    )
+    queues: list[QueueSpec] = Field(
+        default_factory=_default_queues,
+        description="Consumer queues bound to rabbitmq.exchange; listing any replaces the defaults.",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> Self:

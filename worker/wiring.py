@@ -33,7 +33,7 @@ from worker.failures import cause
 from worker.fanout.runner import FanoutRunner
 from worker.memory.bus import LocalInvalidationBus
 from worker.memory.jobs import InlineJobQueue
-from worker.messaging.jobs import ensure_job_topology
+from worker.messaging.jobs import BulkShards, ensure_job_topology
 from worker.messaging.publisher import RabbitPublisher
 from worker.messaging.topology import ensure_topology
 from worker.mongo.feed import MongoChangeFeed
@@ -189,6 +189,8 @@ def job_publisher(settings: Settings) -> RabbitPublisher:
         q.confirm_timeout_seconds,
         q.reconnect_max_seconds,
         unroutable_fails=True,
+        stamped=True,
+        route=BulkShards(settings.fanout.bulk_shards).routing_key,
     )
 
 

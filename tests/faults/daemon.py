@@ -95,13 +95,19 @@ def worker_env(wm: WireMongo, exchange: str, key_prefix: str, **overrides: str) 
 class Daemon:
     """One ``fanout-worker run`` subprocess. Its stderr lines accumulate in ``lines``."""
 
-    def __init__(self, env: Mapping[str, str], config: Path = CONFIG, name: str = "daemon") -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        config: Path = CONFIG,
+        name: str = "daemon",
+        argv: list[str] | None = None,
+    ) -> None:
         self.env = dict(env)  # to start another process like it (e.g. a fan-out worker)
         self.name = name
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [str(EXECUTABLE), "run", "--config", str(config)],
+            argv or [str(EXECUTABLE), "run", "--config", str(config)],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -238,8 +244,15 @@ class Daemons:
     def __init__(self) -> None:
         self.started: list[Daemon] = []
 
-    def spawn(self, env: Mapping[str, str], name: str = "daemon", config: Path = CONFIG) -> Daemon:
-        d = Daemon(env, config, name)
+    def spawn(
+        self,
+        env: Mapping[str, str],
+        name: str = "daemon",
+        config: Path = CONFIG,
+        argv: list[str] | None = None,
+    ) -> Daemon:
+        """``fanout-worker run``, or the process ``argv`` names (its stderr read the same way)."""
+        d = Daemon(env, config, name, argv)
         self.started.append(d)
         return d
 
@@ -248,6 +261,21 @@ class Daemons:
             d.cleanup()
             # Shown by pytest with a failing test's captured output.
             print(f"----- {d.name} (pid {d.pid}, exit {d.returncode}) log -----\n{d.log_text(200)}")
+
+
+DEPLOYMENTS = ("all", "split")  # one process, or a tailer and a fan-out process
+
+
+async def fanout_beside(
+    daemons: Daemons, env: Mapping[str, str], deployment: str
+) -> tuple[dict[str, str], Daemon | None]:
+    """For ``split``: start a ``fanout`` process and return the environment of a ``tailer``; for
+    ``all``, nothing to start and the environment unchanged."""
+    if deployment == "all":
+        return dict(env), None
+    fanout = daemons.spawn({**env, "FANOUT_FANOUT__ROLE": "fanout"}, "fan-out")
+    await fanout.log_line("running", 15)
+    return {**env, "FANOUT_FANOUT__ROLE": "tailer"}, fanout
 
 
 # ---------------------------------------------------------------------- WireMongo helpers

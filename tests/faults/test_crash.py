@@ -1,7 +1,9 @@
 """SIGKILL of the real daemon mid-stream: a successor takes the lease over and replays from the checkpoint.
 
 Runs ``fanout-worker run`` as a subprocess against WireMongo (the MongoDB wire stand-in, owned by
-this process, so it outlives the killed worker) and the real Redis and RabbitMQ.
+this process, so it outlives the killed worker) and the real Redis and RabbitMQ, in both
+deployments: role ``all`` (one process), and split (a ``tailer`` killed between the broker's confirm
+of its jobs and its next checkpoint, while a separate ``fanout`` process keeps consuming the jobs).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import redis.asyncio as aioredis
 
 from tests.faults.daemon import (
     DB,
+    DEPLOYMENTS,
     LEASES,
     AggregateRecorder,
     Daemons,
     checkpoint,
+    fanout_beside,
     insert_positions,
     wait_until,
     worker_env,
@@ -73,6 +77,17 @@ async def writer(wm: WireMongo) -> AsyncIterator[Writer]:
         await w.stop()
 
 
+async def _settled(collector: Collector, quiet: float = 1.0, timeout: float = 15.0) -> None:
+    """Wait until no message has arrived for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    seen, since = len(collector.messages), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "the messages never settled"
+        await asyncio.sleep(0.1)
+        if len(collector.messages) != seen:
+            seen, since = len(collector.messages), time.monotonic()
+
+
 def _epoch(leader_line: str) -> int:
     m = re.search(r"epoch (\d+)", leader_line)
     assert m, leader_line
@@ -80,7 +95,9 @@ def _epoch(leader_line: str) -> int:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
 async def test_sigkill_mid_stream_loses_nothing_and_replays_only_after_the_checkpoint(
+    deployment: str,
     wm: WireMongo,
     daemons: Daemons,
     writer: Writer,
@@ -99,6 +116,8 @@ async def test_sigkill_mid_stream_loses_nothing_and_replays_only_after_the_check
         FANOUT_PIPELINE__CHUNK_SIZE="5",
         FANOUT_PIPELINE__CHECKPOINT_INTERVAL_SECONDS=str(CHECKPOINT_INTERVAL),
     )
+    # Split: the jobs outlive the tailer in their durable queues; one fan-out process serves both.
+    env, fanout = await fanout_beside(daemons, env, deployment)
 
     first = daemons.spawn(env, "first")
     first_epoch = _epoch(await first.log_line("leader now", 15))
@@ -124,8 +143,11 @@ async def test_sigkill_mid_stream_loses_nothing_and_replays_only_after_the_check
     first.kill()
     killed_at = time.monotonic()
     assert first.returncode == -9
-    # Whatever the dead worker had already sent reaches WireMongo and the collector meanwhile.
+    # Whatever the dead worker had already sent reaches WireMongo and the collector meanwhile (split:
+    # the fan-out process drains the jobs the dead tailer had confirmed).
     await asyncio.sleep(0.5)
+    if fanout is not None:
+        await _settled(collector)
     dead_checkpoint = checkpoint(wm)
     assert dead_checkpoint is not None, "the first daemon never saved a posts checkpoint"
     assert dead_checkpoint["epoch"] == first_epoch
@@ -161,6 +183,8 @@ async def test_sigkill_mid_stream_loses_nothing_and_replays_only_after_the_check
     await wait_until(complete, 20, f"all {len(posts)} posts delivered to every follower")
     await asyncio.sleep(0.3)  # late duplicates, if any, arrive too
     assert await second.stopped() == 0
+    if fanout is not None:
+        assert await fanout.stopped() == 0
 
     # No recipient lost, none invented.
     got = collector.recipients_by_post()

@@ -1,6 +1,7 @@
 """Poison posts in the real daemon's stream: dead-lettered with the reason, the stream moves on.
 
-``fanout-worker run`` against WireMongo and the real Redis and RabbitMQ.
+``fanout-worker run`` against WireMongo and the real Redis and RabbitMQ, as one process (role
+``all``) and split (a ``tailer`` and a ``fanout`` process).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from bson import json_util
 from tests.faults.daemon import (
     DB,
     DEAD_LETTERS,
+    DEPLOYMENTS,
     AggregateRecorder,
     Daemons,
     checkpoint,
     checkpoint_past,
+    fanout_beside,
     insert_positions,
     wait_until,
     worker_env,
@@ -48,7 +51,9 @@ COMPOUND_ID = {"shard": 1, "n": 2}
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
 async def test_poison_posts_are_dead_lettered_and_the_stream_moves_past_them(
+    deployment: str,
     wm: WireMongo,
     daemons: Daemons,
     collector: Collector,
@@ -58,6 +63,7 @@ async def test_poison_posts_are_dead_lettered_and_the_stream_moves_past_them(
 ) -> None:
     recorder = AggregateRecorder(wm)
     env = worker_env(wm, exchange, key_prefix, FANOUT_PIPELINE__MAX_TEXT_BYTES=str(MAX_TEXT_BYTES))
+    env, fanout = await fanout_beside(daemons, env, deployment)
     daemon = daemons.spawn(env, "first")
     await daemon.log_line("leader now", 15)
     await wait_until(lambda: recorder.change_streams("posts"), 10, "the posts stream to open")
@@ -142,6 +148,8 @@ async def test_poison_posts_are_dead_lettered_and_the_stream_moves_past_them(
     social.insert("posts", {"_id": "after-restart", "author_id": "a1", "text": "still fine"})
     await wait_until(lambda: "after-restart" in collector.recipients_by_post(), 10, "the post after restart")
     assert await again.stopped() == 0
+    if fanout is not None:
+        assert await fanout.stopped() == 0
     assert len(social.find(DEAD_LETTERS)) == len(bad_docs)
     ids = [m.message_id for m in collector.of("post.created")]
     assert len(ids) == len(set(ids)), "nothing was replayed"

@@ -26,10 +26,20 @@ from handlers.ranges import RangePlanner
 from tests.conftest import AMQP_URL
 from tests.harness import Collector, wait_for
 from worker.fanout.consumer import FanoutConsumer
+from worker.fanout.runner import FanoutRunner
 from worker.memory.publisher import MemoryPublisher
 from worker.memory.stores import MemoryFollowerGraph
-from worker.messaging.jobs import REASON_HEADER, declare_job_topology, verify_job_topology
+from worker.messaging.jobs import (
+    BACKFILL,
+    REASON_HEADER,
+    BulkShards,
+    backfill_queue,
+    declare_job_topology,
+    delete_job_topology,
+    verify_job_topology,
+)
 from worker.messaging.publisher import RabbitPublisher
+from worker.repair.pace import LanePublisher
 from worker.settings import FanoutSettings
 
 pytestmark = pytest.mark.integration
@@ -68,17 +78,7 @@ async def jobs(connection: AbstractConnection, unique: str) -> AsyncIterator[Fan
     await declare_job_topology(channel, settings)
     await channel.close()
     yield settings
-    channel = await connection.channel()  # fresh: a test may have had its channel closed
-    for queue in (
-        settings.ordinary_queue,
-        settings.bulk_queue,
-        settings.deferred_queue,
-        settings.dead_letter_queue,
-    ):
-        await channel.queue_delete(queue)
-    for exchange in (settings.exchange, settings.dead_letter_exchange):
-        await channel.exchange_delete(exchange)
-    await channel.close()
+    await delete_job_topology(AMQP_URL, settings, 5.0)
 
 
 async def publish(settings: FanoutSettings, messages: list[OutgoingMessage]) -> None:
@@ -491,3 +491,117 @@ async def test_check_verifies_the_job_queues_without_creating_any(
     # Then `check`'s verification names the queue and the [fanout] section
     with pytest.raises(ConfigError, match=rf"queue '{jobs.ordinary_queue}' already exists.*\[fanout\]"):
         await verify_job_topology(connection, changed)
+
+
+async def test_backfill_jobs_wait_in_their_own_lane_at_its_prefetch_while_live_posts_flow(
+    connection: AbstractConnection, jobs: FanoutSettings
+) -> None:
+    # Given a backfill's jobs, routed as the repair commands route them, whose fan-out is stuck
+    graph = GatedGraph(held="old")
+    graph.set_followers("old", ["f1"])
+    for n in range(10):
+        graph.set_followers(f"u{n}", [f"f{n}"])
+    backfill_jobs = [(await plan(graph, f"b{n}", "old", 10))[0] for n in range(6)]
+    live_jobs = [(await plan(graph, f"p{n}", f"u{n}", 10))[0] for n in range(10)]
+    lane = consumer(connection, jobs, BACKFILL, graph, MemoryPublisher())
+    ordinary = consumer(connection, jobs, "ordinary", graph, MemoryPublisher())
+    await lane.start()
+    await ordinary.start()
+    routed = LanePublisher(RabbitPublisher(AMQP_URL, jobs.exchange, 256, 5.0, 1.0), BACKFILL)
+    try:
+        await routed.connect()
+        await asyncio.gather(*[await routed.send(job_message(j)) for j in backfill_jobs])
+        await wait_for(
+            lambda: lane.in_flight == jobs.backfill_prefetch, what="the backfill lane's hands full"
+        )
+        assert await depth(connection, backfill_queue(jobs)) == 6 - jobs.backfill_prefetch
+        assert await depth(connection, jobs.ordinary_queue) == 0
+
+        # When live posts arrive
+        await publish(jobs, [job_message(j) for j in live_jobs])
+
+        # Then every one is fanned out while no backfill job has finished, and the backfill goes on after
+        await wait_for(lambda: ordinary.stats.jobs_acked == 10, what="the ordinary lane drained")
+        assert lane.stats.jobs_acked == 0
+        graph.gate.set()
+        await wait_for(lambda: lane.stats.jobs_acked == 6, what="the backfill lane drained")
+    finally:
+        await routed.close()
+        await lane.stop()
+        await ordinary.stop()
+
+
+async def test_a_fanout_process_reports_every_queue_depth_and_how_long_its_lanes_jobs_waited(
+    jobs: FanoutSettings,
+) -> None:
+    # Given a malformed job (to be dead-lettered) and two jobs that wait 2 s in the ordinary lane,
+    # published by a stamping publisher like the tailer's
+    graph = MemoryFollowerGraph()
+    graph.set_followers("a", ["f1", "f2"])
+    planned = [*(await plan(graph, "p1", "a", 10)), *(await plan(graph, "p2", "a", 10))]
+    stamped = RabbitPublisher(AMQP_URL, jobs.exchange, 8, 5.0, 1.0, stamped=True)
+    await stamped.connect()
+    try:
+        junk = OutgoingMessage("ordinary", "job:junk", "junk", b"{}")
+        await asyncio.gather(*[await stamped.send(m) for m in [junk, *map(job_message, planned)]])
+    finally:
+        await stamped.close()
+    await asyncio.sleep(2.2)
+
+    # When a fan-out process's runner takes them
+    runner = FanoutRunner(AMQP_URL, jobs, graph, MemoryPublisher(), 10, 5.0, 1.0)
+    assert runner.oldest_job_ages() == {}  # nothing read yet: unknown, not "none waiting"
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop, 1.0))
+    try:
+        ordinary = runner.consumers["ordinary"].stats
+        await wait_for(lambda: ordinary.jobs_acked == 2 and ordinary.dead_lettered == 1, what="the jobs")
+        # (the depths are read on connecting, then every 5 s)
+        await wait_for(lambda: runner.depths.get("dead") == 1, timeout=12, what="the dead job counted")
+    finally:
+        stop.set()
+        await task
+
+    # Then it saw how long the jobs had waited (AMQP timestamps are whole seconds), every queue's
+    # depth (lanes, the delay queue, the dead letters), and no job waits now
+    assert ordinary.last_job_wait_seconds is not None and ordinary.last_job_wait_seconds >= 1.0
+    assert runner.depths == {"ordinary": 0, "bulk": 0, "backfill": 0, "deferred": 0, "dead": 1}
+    assert runner.oldest_job_ages() == {"ordinary": 0.0, "bulk": 0.0, "backfill": 0.0}
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+async def test_two_celebrities_posting_at_once_share_the_bulk_lane_side_by_side(
+    connection: AbstractConnection, jobs: FanoutSettings, shards: int
+) -> None:
+    # Given two celebrities' posts of 6 ranges each, A's jobs published before B's by the job
+    # publisher's shard router, and one bulk worker (2 ranges in hand per shard)
+    settings = jobs.model_copy(update={"bulk_shards": shards})
+    graph = MemoryFollowerGraph(page_size=100)
+    for star in ("A", "B"):
+        graph.set_followers(star, [f"{star}{i:05d}" for i in range(6_000)])
+    planned = [*(await plan(graph, "pa", "A", 1_000)), *(await plan(graph, "pb", "B", 1_000))]
+    router = RabbitPublisher(AMQP_URL, jobs.exchange, 64, 5.0, 1.0, route=BulkShards(shards).routing_key)
+    await router.connect()
+    try:
+        await asyncio.gather(*[await router.send(job_message(j)) for j in planned])
+    finally:
+        await router.close()
+    chunks = MemoryPublisher()
+    worker = consumer(connection, settings, "bulk", graph, chunks, chunk_size=100)
+
+    # When the worker fans them out
+    await worker.start()
+    try:
+        await wait_for(lambda: worker.stats.jobs_acked == 12, what="both posts fanned out")
+    finally:
+        await worker.stop()
+
+    # Then with shards, B's ranges were taken beside A's instead of after all of them
+    posts = [m.correlation_id for m in chunks.messages]
+    assert len(posts) == 120 and posts.count("pa") == posts.count("pb") == 60
+    first_b = posts.index("pb")
+    if shards == 1:
+        assert first_b == 60  # one FIFO queue: B waited for every range of A
+    else:
+        assert first_b < 40, first_b
+        assert posts[:60].count("pb") >= 20, posts  # a fair part of the first half was B's

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from enrichment.errors import (
     StreamFatal,
 )
 from worker import __version__, uris
-from worker.cli import ops
+from worker.cli import backfill, deadletters, ops, options
+from worker.cli.configdoc import reference
+from worker.cli.options import common_options
 from worker.daemon import Worker, tune_gc
 from worker.observe.health import HealthServer, status_line, worker_alive
 from worker.observe.logs import configure, redact
@@ -40,6 +43,8 @@ EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
 EXIT_STREAM_FATAL = 4
 EXIT_INTERRUPTED = 130
+# Without --config, `run` needs the environment to name MongoDB at least (refuse_unconfigured_run).
+MONGO_VARIABLES = ("FANOUT_MONGO__URI", "FANOUT_MONGO")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,10 +57,17 @@ def _parser() -> argparse.ArgumentParser:
         "at start, 4 change stream cannot resume, 5 shutdown stuck, 130 interrupted twice.",
     )
     parser.add_argument("--version", action="version", version=f"fanout-worker {__version__}")
+    common = [common_options()]
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the daemon", description="Run the daemon until SIGTERM/SIGINT.")
-    run.add_argument("--config", type=Path, required=True, metavar="PATH", help="TOML settings file")
+    run = sub.add_parser(
+        "run",
+        parents=common,
+        help="run the daemon",
+        description="Run the daemon until SIGTERM/SIGINT. Without --config, the FANOUT_* variables "
+        "must configure at least MongoDB (FANOUT_MONGO__URI): defaults alone are refused.",
+    )
+    run.add_argument("--config", type=Path, metavar="PATH", help="TOML settings file (see config.toml)")
     run.add_argument(
         "--role",
         choices=["all", "tailer", "fanout"],
@@ -65,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
+        parents=common,
         help="run the whole pipeline on the in-memory MongoDB stand-in",
         description="Generate a social graph and a workload, run the real pipeline over the "
         "in-memory MongoDB stand-in and print a summary. Uses Redis and RabbitMQ when reachable.",
@@ -78,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     config_help = "TOML settings file (optional: defaults and FANOUT_* variables otherwise)"
     check = sub.add_parser(
         "check",
+        parents=common,
         help="validate the config and reach every service",
         description="Validate the settings, reach MongoDB (must be a replica set), Redis and RabbitMQ, "
         "and print what is OK and what is not (host:port and the cause). Exit 0 when all are OK, 2 on "
@@ -87,12 +101,14 @@ def _parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser(
         "checkpoint",
+        parents=common,
         help="show or reset the saved stream positions",
         description="Inspect or reset the per-stream checkpoints in MongoDB.",
     )
     cp_sub = cp.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = cp_sub.add_parser(
         "show",
+        parents=common,
         help="print each stream's checkpoint, the lease and recorded gaps",
         description="Print each stream's checkpoint (saved at, age, last event, epoch), the leader "
         "lease and any gaps recorded after history loss.",
@@ -100,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--config", type=Path, metavar="PATH", help=config_help)
     reset = cp_sub.add_parser(
         "reset",
+        parents=common,
         help="point a stream at now or at a time (after history loss)",
         description="Point a stream's checkpoint at a moment: events before it are skipped for good, "
         "so record the window for a backfill. Stop every worker first: a running leader would "
@@ -116,12 +133,40 @@ def _parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser(
         "config",
-        help="print the effective config, secrets masked",
+        parents=common,
+        help="print the effective config (secrets masked), or the reference of every setting",
         description="Print the settings after the file and FANOUT_* variables are applied, as TOML, "
-        "with passwords in URLs masked.",
+        "with passwords in URLs masked. `config reference` prints docs/config.md instead.",
     )
     config.add_argument("--config", type=Path, metavar="PATH", help=config_help)
+    config_sub = config.add_subparsers(dest="action", metavar="ACTION")
+    config_sub.add_parser(
+        "reference",
+        parents=common,
+        help="print the reference of every setting (Markdown: docs/config.md)",
+        description="Print every setting with its environment variable, type, default, bounds and "
+        "description, as Markdown, from the settings model (no file or variable is read).",
+    )
+    backfill.add_parser(sub, config_help)
+    deadletters.add_parser(sub, config_help)
     return parser
+
+
+def refuse_unconfigured_run(environ: Mapping[str, str], cwd: Path) -> None:
+    """``run`` with no ``--config``: refuse unless the environment says where MongoDB is.
+
+    The defaults point at localhost: a production worker started without its configuration must say
+    so and stop (exit 2), not tail whatever answers there. Configuring by FANOUT_* variables alone
+    (a container) is fine once they name MongoDB.
+    """
+    if any(name.upper() in MONGO_VARIABLES for name in environ):
+        return
+    here = cwd / "config.toml"
+    hint = f" (there is one here: --config {here.name})" if here.is_file() else ""
+    raise ConfigError(
+        f"run: no configuration: pass --config PATH, a TOML file like config.toml{hint}, or set "
+        f"{MONGO_VARIABLES[0]} and the other FANOUT_* variables (docs/config.md)"
+    )
 
 
 def _iso_time(text: str) -> datetime:
@@ -134,13 +179,21 @@ def _iso_time(text: str) -> datetime:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "config" and args.action == "reference":
+        print(reference(), end="")  # the model only: no file or variable can break the reference
+        return EXIT_OK
     try:
+        if args.command == "run" and args.config is None:
+            refuse_unconfigured_run(os.environ, Path.cwd())
         role = getattr(args, "role", None)  # only `run` has --role
-        settings = load_settings(args.config, **({"fanout": {"role": role}} if role else {}))
+        overrides = {**options.overrides(args), **({"fanout": {"role": role}} if role else {})}
+        settings = load_settings(args.config, **overrides)
     except ConfigError as exc:
         print(f"fanout-worker: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     configure(settings.log.level, settings.log.format)
+    if args.command == "run" and args.config is None:
+        logger.info("no --config: settings from the FANOUT_* variables and the defaults (docs/config.md)")
     try:
         if args.command == "run":
             return asyncio.run(_run(settings))
@@ -151,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "check":
             return asyncio.run(_check(settings))
+        if hasattr(args, "execute"):  # backfill, dead-letters (worker/cli/backfill.py, deadletters.py)
+            return int(asyncio.run(args.execute(settings, args)))
         return asyncio.run(_checkpoint(settings, args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

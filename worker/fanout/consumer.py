@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
@@ -45,8 +47,10 @@ class FanoutConsumer:
         chunk_size: int,
         timeout_seconds: float = 10.0,
         counts: ChunkCounts | None = None,  # the process's chunk and recipient counters, if any
+        held: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
         self._counts = counts
+        self._held = held or contextlib.nullcontext  # around each job (the ordinary lane's priority)
         self._waiting = 0  # jobs waiting out an unreachable dependency: the lane is paused meanwhile
         self._stopping = False
         self._settings = settings
@@ -56,8 +60,8 @@ class FanoutConsumer:
         self._chunk_size = chunk_size
         self._timeout = timeout_seconds
         self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._tag: str | None = None
+        self._queues: list[AbstractQueue] = []  # the lane's queues: one, or the bulk lane's shards
+        self._tags: list[tuple[AbstractQueue, str]] = []  # consuming while non-empty
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = FanoutStats()
 
@@ -75,25 +79,26 @@ class FanoutConsumer:
         Stats carry over a ``stop`` and a ``start`` on a new connection."""
         self._stopping = False
         if self._channel is None:
-            self._channel, self._queue = await open_lane(connection, self._settings, self.lane)
+            self._channel, self._queues = await open_lane(connection, self._settings, self.lane)
         await self.resume()
 
     async def resume(self) -> None:
-        if self._queue is not None and self._tag is None:
-            self._tag = await self._queue.consume(self._on_message)
+        if not self._tags:
+            for queue in self._queues:
+                self._tags.append((queue, await queue.consume(self._on_message)))
 
     async def pause(self) -> None:
         """Stop receiving new jobs (jobs in hand go on and are acked): basic.cancel."""
-        if self._queue is not None and self._tag is not None:
-            tag, self._tag = self._tag, None
+        tags, self._tags = self._tags, []
+        for queue, tag in tags:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-                await self._queue.cancel(tag)
+                await queue.cancel(tag)
 
     async def stop(self, drain_seconds: float = 0.0) -> None:
         """Stop receiving, let jobs in hand finish for ``drain_seconds``, cancel the rest and close the
         channel: the unacknowledged jobs go back to the queue for another worker. Safe twice."""
         if self.lost:
-            self._tag = None  # nothing to cancel on a dead channel
+            self._tags = []  # nothing to cancel on a dead channel
         await self.pause()
         self._stopping = True
         if self._tasks and drain_seconds > 0:
@@ -103,7 +108,7 @@ class FanoutConsumer:
         if self._tasks:
             # Bounded: a job task that swallows its cancellation must not hold the shutdown.
             await asyncio.wait(list(self._tasks), timeout=SETTLE_SECONDS)
-        channel, self._channel, self._queue = self._channel, None, None
+        channel, self._channel, self._queues = self._channel, None, []
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._timeout):
@@ -116,7 +121,12 @@ class FanoutConsumer:
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        with self._held():
+            await self._handle_job(message)
+
+    async def _handle_job(self, message: AbstractIncomingMessage) -> None:
         self.stats.jobs_received += 1
+        self._note_wait(message)
         deliveries = delivery_count(message)
         if deliveries:
             self.stats.redelivered += 1
@@ -148,6 +158,18 @@ class FanoutConsumer:
         self.stats.recipients += result.recipients
         if await self._settle(message.ack()):
             self.stats.jobs_acked += 1
+
+    def _note_wait(self, message: AbstractIncomingMessage) -> None:
+        """How long the job waited in the queue (its AMQP timestamp, whole seconds, set by the job
+        publisher): the lane's queue is FIFO, so this is the age of its oldest job when taken."""
+        stamp = message.timestamp
+        if stamp is None:
+            return
+        if stamp.tzinfo is None:  # AMQP timestamps are UTC seconds
+            stamp = stamp.replace(tzinfo=UTC)
+        now = time.time()
+        self.stats.last_job_taken_at = now
+        self.stats.last_job_wait_seconds = max(0.0, now - stamp.timestamp())
 
     async def _fan_out(self, job: FanoutJob) -> RangeResult:
         """Fan the range out; while a dependency is away (MongoDB), wait it out holding the job

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 
 import aio_pika
@@ -24,7 +25,8 @@ from handlers.chunks import ChunkCounts
 from handlers.jobs import Lane
 from handlers.ports import FollowerGraph, Publisher
 from worker.fanout.consumer import FanoutConsumer
-from worker.messaging.jobs import lane_queue
+from worker.fanout.priority import LanePriority, YieldingPublisher
+from worker.messaging.jobs import CONSUMED_LANES, lane_queues
 from worker.settings import FanoutSettings
 from worker.shutdown import raise_if_cancelling
 
@@ -42,21 +44,34 @@ class FanoutRunner:
         chunk_size: int,
         timeout_seconds: float,
         reconnect_max_seconds: float,
-        lanes: Sequence[Lane] = ("ordinary", "bulk"),
+        lanes: Sequence[Lane] = CONSUMED_LANES,
         counts: ChunkCounts | None = None,
     ) -> None:
         self._url = url
         self._timeout = timeout_seconds
         self._backoff = Backoff(0.2, reconnect_max_seconds)
+        self.priority = LanePriority()
         self.consumers: dict[Lane, FanoutConsumer] = {
-            lane: FanoutConsumer(settings, lane, graph, publisher, chunk_size, timeout_seconds, counts)
+            lane: FanoutConsumer(
+                settings,
+                lane,
+                graph,
+                YieldingPublisher(publisher, self.priority) if lane != "ordinary" else publisher,
+                chunk_size,
+                timeout_seconds,
+                counts,
+                held=self.priority.ordinary_job if lane == "ordinary" else None,
+            )
             for lane in lanes
         }
         self.reconnects = 0
         self.connected = False
         self._settings = settings
-        # Jobs waiting in each lane's queue, read every few seconds while connected (None: unknown).
-        self.depths: dict[Lane, int | None] = dict.fromkeys(lanes)
+        # Jobs waiting in each queue, read every few seconds while connected (None: unknown): the lanes,
+        # the delay queue ("deferred") and the jobs dead-lettered, by a worker or by the broker ("dead").
+        self._queues: dict[str, list[str]] = {lane: lane_queues(settings, lane) for lane in lanes}
+        self._queues |= {"deferred": [settings.deferred_queue], "dead": [settings.dead_letter_queue]}
+        self.depths: dict[str, int | None] = dict.fromkeys(self._queues)
 
     async def run(self, stop: asyncio.Event, drain_seconds: float) -> None:
         """Consume every lane until ``stop`` is set; reconnect with backoff whenever the broker is lost.
@@ -110,9 +125,12 @@ class FanoutRunner:
             async with asyncio.timeout(self._timeout):
                 channel = await connection.channel()
                 try:
-                    for lane in self.depths:
-                        queue = await channel.declare_queue(lane_queue(self._settings, lane), passive=True)
-                        self.depths[lane] = queue.declaration_result.message_count
+                    for key, names in self._queues.items():
+                        depth = 0
+                        for name in names:
+                            queue = await channel.declare_queue(name, passive=True)
+                            depth += queue.declaration_result.message_count or 0
+                        self.depths[key] = depth
                 finally:
                     await channel.close()
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
@@ -126,3 +144,18 @@ class FanoutRunner:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._timeout):
                     await connection.close()
+
+    def oldest_job_ages(self) -> dict[Lane, float]:
+        """Per lane, an upper bound on the age of the oldest job waiting (seconds): 0 when the queue
+        is empty, else the wait of the last job taken plus the time since (the queue is FIFO, so the
+        jobs behind it are younger). A lane whose depth is unknown, or that has taken no stamped job
+        while jobs wait, is left out."""
+        now = time.time()
+        out: dict[Lane, float] = {}
+        for lane, consumer in self.consumers.items():
+            depth, stats = self.depths.get(lane), consumer.stats
+            if depth == 0:
+                out[lane] = 0.0
+            elif depth is not None and stats.last_job_wait_seconds is not None:
+                out[lane] = stats.last_job_wait_seconds + max(0.0, now - stats.last_job_taken_at)
+        return out

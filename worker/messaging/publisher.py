@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
@@ -41,8 +42,13 @@ class RabbitPublisher:
         confirm_timeout_seconds: float,
         reconnect_max_seconds: float,
         unroutable_fails: bool = False,
+        stamped: bool = False,
+        route: Callable[[OutgoingMessage], str] | None = None,
     ) -> None:
         self._url = url
+        # Jobs: the AMQP timestamp (whole seconds) tells a fan-out worker how long a job waited.
+        self._stamped = stamped
+        self._route = route  # the routing key to publish under (default: the message's own)
         # Jobs: an unroutable job would be a lost post, so it fails its publish (and the post is
         # retried, then dead-lettered) instead of being logged and dropped like a message nobody binds.
         self._unroutable_fails = unroutable_fails
@@ -98,7 +104,9 @@ class RabbitPublisher:
             correlation_id=message.correlation_id,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            timestamp=time.time() if self._stamped else None,
         )
+        routing_key = message.routing_key if self._route is None else self._route(message)
         while True:
             # Fast path while connected: no lock, no coroutine per message.
             exchange, generation = self._exchange, self._generation
@@ -108,19 +116,19 @@ class RabbitPublisher:
                 await self._wait_unblocked()
             self.stats.sent += 1
             try:
-                await exchange.publish(body, message.routing_key, mandatory=True, timeout=self._timeout)
+                await exchange.publish(body, routing_key, mandatory=True, timeout=self._timeout)
             except PublishError:
                 self.stats.returned += 1
                 logger.error(
                     "unroutable message {} (routing key {}): no queue is bound to exchange {}",
                     message.message_id,
-                    message.routing_key,
+                    routing_key,
                     self._exchange_name,
                 )
                 if self._unroutable_fails:
                     raise PublishFailed(
                         f"unroutable: no queue is bound to exchange {self._exchange_name} "
-                        f"for routing key {message.routing_key}"
+                        f"for routing key {routing_key}"
                     ) from None
                 return
             except DeliveryError:

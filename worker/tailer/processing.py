@@ -90,6 +90,7 @@ class BatchProcessor:
             if error is None:
                 seq, event = pending[i]
                 event_logger(event).debug("event handled")
+                self.stats.observe_handled(event)
                 self._finish(seq, event.op, True)  # at once: a slow neighbour must not hold its slot
             else:
                 failed[i] = error

@@ -135,24 +135,23 @@ def test_counters_track_the_live_stats() -> None:
 
     m = scrape(w)
 
-    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="read")] == 10
-    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="handled")] == 8
-    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="dead_lettered")] == 1
-    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="retried")] == 3
-    assert m[key("fanout_events_total", stream="profiles", type="update", outcome="read")] == 4
-    assert m[key("fanout_events_total", stream="profiles", type="replace", outcome="read")] == 1
-    assert m[key("fanout_events_total", stream="profiles", type="update", outcome="ignored")] == 2
-    assert key("fanout_events_total", stream="posts", type="insert", outcome="ignored") not in m
+    assert m[key("fanout_events_read_total", stream="posts", type="insert")] == 10
+    assert m[key("fanout_events_finished_total", stream="posts", type="insert", outcome="handled")] == 8
+    assert m[key("fanout_events_finished_total", stream="posts", type="insert", outcome="dead_lettered")] == 1
+    assert m[key("fanout_event_retries_total", stream="posts", type="insert")] == 3
+    assert m[key("fanout_events_read_total", stream="profiles", type="update")] == 4
+    assert m[key("fanout_events_read_total", stream="profiles", type="replace")] == 1
+    assert m[key("fanout_profile_updates_ignored_total")] == 2
     assert m[key("fanout_batches_total", stream="posts")] == 4
     assert m[key("fanout_in_flight_events", stream="posts")] == 1
-    for outcome, value in [
-        ("published", 20),
-        ("confirmed", 18),
-        ("returned", 1),
-        ("nacked", 1),
-        ("retried", 2),
+    for name, value in [
+        ("fanout_messages_published_total", 20),
+        ("fanout_messages_confirmed_total", 18),
+        ("fanout_messages_returned_total", 1),
+        ("fanout_messages_nacked_total", 1),
+        ("fanout_message_republishes_total", 2),
     ]:
-        assert m[key("fanout_messages_total", outcome=outcome)] == value
+        assert m[key(name)] == value
     assert m[key("fanout_publisher_reconnects_total")] == 3
     assert m[key("fanout_rabbitmq_blocked_episodes_total")] == 2
     assert m[key("fanout_rabbitmq_blocked_seconds_total")] == 4.5
@@ -179,7 +178,7 @@ def test_counters_track_the_live_stats() -> None:
     posts.stats.count("insert", "handled", 5)
     w.runtime.cache.l2.available = False
     m = scrape(w)
-    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="handled")] == 13
+    assert m[key("fanout_events_finished_total", stream="posts", type="insert", outcome="handled")] == 13
     assert m[key("fanout_redis_available")] == 0
 
 
@@ -231,7 +230,7 @@ def test_standby_has_no_stream_ages_and_leader_zero() -> None:
     assert m[key("fanout_leader")] == 0
     assert m[key("fanout_leader_epoch")] == 3
     assert not any(name.endswith(("_age_seconds", "_lag_seconds")) for name, _ in m)
-    assert m[key("fanout_events_total", stream="posts", type="insert", outcome="read")] == 0  # counters stay
+    assert m[key("fanout_events_read_total", stream="posts", type="insert")] == 0  # counters stay
 
 
 def test_no_redis_no_pipelines_and_no_election() -> None:
@@ -392,8 +391,8 @@ async def test_metrics_endpoint(server: HealthServer, worker: SimpleNamespace) -
     assert headers["content-type"] == CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
     assert int(headers["content-length"]) == len(body)
     names = {f.name for f in text_string_to_metric_families(body.decode())}
-    assert {"fanout_events", "fanout_up", "fanout_leader", "fanout_last_progress_age_seconds"} <= names
-    assert 'fanout_events_total{outcome="read",stream="posts",type="insert"} 42.0' in body.decode()
+    assert {"fanout_events_read", "fanout_up", "fanout_leader", "fanout_last_progress_age_seconds"} <= names
+    assert 'fanout_events_read_total{stream="posts",type="insert"} 42.0' in body.decode()
 
 
 async def test_head_has_no_body(server: HealthServer) -> None:

@@ -1,0 +1,72 @@
+"""Run events through a live handler, once each to an outcome, with the tailer's retry verdicts
+(worker/retry.py): wait out an unreachable dependency, retry other transient failures with
+backoff up to ``max_attempts``, give up on poison at once, stop on a fatal error."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from loguru import logger
+
+from enrichment.backoff import Backoff
+from enrichment.errors import FanoutError
+from handlers.events import ChangeEvent
+from worker.ports import EventHandler
+from worker.retry import Verdict, decide
+from worker.shutdown import raise_if_cancelling
+
+
+class RepairStopped(FanoutError):
+    """A repair cannot go on (a fatal error); its checkpoint stays at the last confirmed batch."""
+
+
+async def apply_events(
+    handler: EventHandler, events: Sequence[ChangeEvent], max_attempts: int, retry_max_seconds: float
+) -> dict[int, str]:
+    """Handle ``events``; return the reasons of those that failed for good, by index. The others
+    are done: their writes made and their jobs confirmed."""
+    pending = list(range(len(events)))
+    given_up: dict[int, str] = {}
+    attempt = 1
+    backoff = Backoff(0.2, retry_max_seconds)
+    while pending:
+        failed = await _attempt(handler, [events[i] for i in pending])
+        retry: list[int] = []
+        for j, error in failed.items():
+            decision = decide(error, attempt, max_attempts)
+            if decision.verdict is Verdict.FATAL:
+                raise RepairStopped(decision.reason)
+            if decision.verdict is Verdict.DEAD_LETTER:
+                given_up[pending[j]] = decision.reason
+            else:
+                retry.append(pending[j])
+        if retry:
+            delay = backoff.next_delay()
+            first = next(iter(failed.values()))
+            logger.warning("repair: retrying {} event(s) in {:.2f}s: {}", len(retry), delay, first)
+            await asyncio.sleep(delay)
+        pending = sorted(retry)
+        attempt += 1
+    return given_up
+
+
+async def _attempt(handler: EventHandler, events: list[ChangeEvent]) -> dict[int, BaseException]:
+    failed: dict[int, BaseException] = {}
+    reported: set[int] = set()
+
+    def report(i: int, error: BaseException | None) -> None:
+        if i not in reported:
+            reported.add(i)
+            if error is not None:
+                failed[i] = error
+
+    try:
+        await handler.process(events, report)
+    except Exception as exc:  # a handler bug: fail whatever it did not report
+        raise_if_cancelling()
+        for i in range(len(events)):
+            report(i, exc)
+    for i in range(len(events)):
+        report(i, RuntimeError("handler did not report this event"))
+    return failed
