@@ -48,7 +48,11 @@ def test_every_command_takes_log_level() -> None:
 
 
 def _required(command: tuple[str, ...]) -> list[str]:
-    return ["--to", "now"] if command == ("checkpoint", "reset") else []
+    required = {
+        ("checkpoint", "reset"): ["--to", "now"],
+        ("backfill",): ["--all-gaps"],
+    }
+    return required.get(command, [])
 
 
 def test_log_level_overrides_the_configured_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
