@@ -1,6 +1,7 @@
 """An example consumer of fanout-worker's messages: home-feed inboxes and profile copies in Redis.
 
     python examples/consumer.py --queue fanout.post.created
+    python examples/consumer.py --queue fanout.post.changes
     python examples/consumer.py --queue fanout.profile.updated
 
 Environment: AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/), REDIS_URL (default
@@ -26,6 +27,9 @@ What it shows:
   keeps failing, is rejected with ``requeue=False``; the queue's ``x-dead-letter-exchange``
   (declared by fanout-worker's topology) routes it to the dead-letter queue for inspection.
   Transient failures (Redis down) are requeued, up to MAX_DELIVERIES.
+- **Tombstones for deleted posts.** A ``post.deleted`` can overtake chunks of the post's
+  ``post.created``; the delete removes the post from its recipients' feeds and leaves a tombstone
+  that later creation chunks respect (one Lua script each, so neither can interleave the other).
 
 Importing this module has no side effects.
 """
@@ -68,6 +72,26 @@ return 1
 """
 
 
+# A post's tombstone outlives any copy of its creation still on its way (like the done markers).
+TOMBSTONE_TTL_SECONDS = DONE_TTL_SECONDS
+# Add a post to its recipients' feeds unless it was deleted: KEYS = tombstone, feeds; ARGV = id,
+# score, feed length. NX: a replay changes nothing.
+ADD_UNLESS_DELETED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], 'NX', ARGV[2], ARGV[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -tonumber(ARGV[3]) - 1)
+end
+return 1
+"""
+# Tombstone a post and take it out of its recipients' feeds: KEYS = tombstone, feeds; ARGV = id, ttl.
+DELETE_POST = """
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
+for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return 1
+"""
+
+
 class Poison(Exception):
     """A message that can never be processed: reject it to the dead-letter exchange."""
 
@@ -81,7 +105,12 @@ def parse(message: AbstractIncomingMessage) -> dict[str, Any]:
     except ValueError as exc:
         raise Poison(f"body is not JSON: {exc}") from None
     # post.created v2 (chunks of follower ranges); v1 while older workers drain during an upgrade.
-    known = {"post.created": (1, 2), "profile.updated": (1,)}.get(message.routing_key or "", ())
+    known = {
+        "post.created": (1, 2),
+        "post.updated": (1,),
+        "post.deleted": (1,),
+        "profile.updated": (1,),
+    }.get(message.routing_key or "", ())
     if not isinstance(body, dict) or body.get("schema") not in known:
         raise Poison("unknown body schema")  # a future version goes to the DLQ rather than be misread
     if body.get("type") != message.routing_key:
@@ -113,6 +142,8 @@ class FeedConsumer:
         self._redis = redis
         self._prefix = prefix
         self._newer_profile = redis.register_script(NEWER_PROFILE)
+        self._add_unless_deleted = redis.register_script(ADD_UNLESS_DELETED)
+        self._delete_post = redis.register_script(DELETE_POST)
         self.in_flight: set[asyncio.Task[Any]] = set()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
@@ -163,6 +194,12 @@ class FeedConsumer:
         try:
             if body["type"] == "post.created":
                 await self._add_to_feeds(body["post"], body["recipients"])
+            elif body["type"] == "post.deleted":
+                await self._remove_from_feeds(body["post"], body["recipients"])
+            elif body["type"] == "post.updated":
+                # The feeds hold post ids, which an edit does not change. A consumer keeping the
+                # text would store it only if newer than what it holds (edit.version, else edit.at).
+                return
             else:
                 await self._store_profile(body["user"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -172,12 +209,19 @@ class FeedConsumer:
         # Each chunk is self-contained: its recipients get the post whatever the other chunks do.
         # chunk.last is only needed by a consumer that must know when a post reached everyone.
         score = _timestamp(post.get("created_at"))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user in recipients:
-                key = f"{self._prefix}feed:{user}"
-                pipe.zadd(key, {str(post["id"]): score}, nx=True)  # NX: a replay changes nothing
-                pipe.zremrangebyrank(key, 0, -FEED_LENGTH - 1)
-            await pipe.execute()
+        feeds = [f"{self._prefix}feed:{user}" for user in recipients]
+        await self._add_unless_deleted(
+            keys=[self._tombstone(post), *feeds], args=[str(post["id"]), score, FEED_LENGTH]
+        )
+
+    async def _remove_from_feeds(self, post: dict[str, Any], recipients: list[str]) -> None:
+        feeds = [f"{self._prefix}feed:{user}" for user in recipients]
+        await self._delete_post(
+            keys=[self._tombstone(post), *feeds], args=[str(post["id"]), TOMBSTONE_TTL_SECONDS]
+        )
+
+    def _tombstone(self, post: dict[str, Any]) -> str:
+        return f"{self._prefix}deleted:{post['id']}"
 
     async def _store_profile(self, user: dict[str, Any]) -> None:
         key = f"{self._prefix}profile:{user['user_id']}"

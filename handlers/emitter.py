@@ -1,4 +1,5 @@
-"""The tailer's side of fan-out: a new post becomes fan-out jobs, confirmed by the broker.
+"""The tailer's side of fan-out: a post's event (created, edited, deleted) becomes fan-out jobs,
+confirmed by the broker.
 
 Per post: the post and author are encoded once (``head``), the author's followers are planned into
 ranges by keyset bounds (handlers/ranges.py; nothing is published while planning), and one job per
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from enrichment.snapshot import AuthorSnapshot
 from handlers.confirms import ConfirmSet
-from handlers.contract import encode_head
+from handlers.contract import POST_CREATED, encode_head
 from handlers.events import NewPost
 from handlers.jobs import job_message
 from handlers.limits import AuthorRateLimiter
@@ -47,8 +48,22 @@ class JobEmitter:
     async def emit(self, post: NewPost, author: AuthorSnapshot | None) -> int:
         """Publish the post's jobs and wait for every confirm. Returns how many jobs it became."""
         head = encode_head(post.id_str, post.author_id, post.created_at, post.text, author)
-        jobs = await self._planner.plan(post.id_str, post.author_id, head)
-        deferred = self._limiter is not None and not self._limiter.allow(post.author_id)
+        return await self.emit_event(POST_CREATED, post.id_str, post.author_id, head)
+
+    async def emit_event(
+        self,
+        kind: str,
+        post_id: str,
+        author_id: str,
+        head: bytes,
+        edit: str | None = None,
+        limited: bool = True,
+    ) -> int:
+        """Publish the jobs of one event of a post (created, updated or deleted, ``head`` encoded
+        for that kind by handlers/contract.py) to the author's current followers, and wait for
+        every confirm. ``limited``: the author's rate limit may defer them. Returns the job count."""
+        jobs = await self._planner.plan(post_id, author_id, head, kind, edit)
+        deferred = limited and self._limiter is not None and not self._limiter.allow(author_id)
         confirms = ConfirmSet()
         for job in jobs:
             confirms.add(await self._jobs.send(job_message(job, deferred)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,24 @@ POST_EVENT_FIELDS: tuple[str, ...] = (
     *_EVENT_FIELDS,
     *(f"fullDocument.{f}" for f in ("_id", "author_id", "text", "created_at")),
 )
+
+
+def post_event_fields(extra: Sequence[str] = (), changes: bool = False) -> tuple[str, ...]:
+    """The posts stream's fields: the creation's, ``extra`` document fields (visible, version,
+    soft-delete), and with ``changes`` what edits and deletes need: the update's description
+    (whole: a visible field's nested edit is a dotted key, which a projection cannot name) and the
+    pre-image's author."""
+    fields = [*POST_EVENT_FIELDS, *(f"fullDocument.{f}" for f in extra)]
+    if changes:
+        fields += [
+            "updateDescription.updatedFields",
+            "updateDescription.removedFields",
+            "fullDocumentBeforeChange._id",
+            "fullDocumentBeforeChange.author_id",
+        ]
+    return tuple(fields)
+
+
 PROFILE_EVENT_FIELDS: tuple[str, ...] = (
     *_EVENT_FIELDS,
     "updateDescription.updatedFields",

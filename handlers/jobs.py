@@ -6,7 +6,11 @@ as ``head`` and copied byte for byte into every chunk, the author id, and the ra
 bounds on ``follower_id`` (``after`` exclusive, ``until`` inclusive, null = open). Bounds, not
 offsets: a follow or unfollow between two deliveries of a range changes only that range.
 
-The chunks a worker makes of a job are encoded by handlers/contract.py (``post.created`` schema 2).
+A job's ``kind`` is the message it becomes: ``post.created`` (head: the post and its author
+snapshot), ``post.updated`` (head: the post's visible fields and the edit's identity; the job also
+carries ``edit``, the edit's id component) or ``post.deleted`` (head: the post id and author). A job
+without ``kind`` (none are produced, but the contract allows it) is a creation. The chunks a worker
+makes of a job are encoded by handlers/contract.py (``RangeChunkEncoder``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ from typing import Any, Final, Literal, TypeGuard
 import orjson
 
 from enrichment.errors import InvalidJob
-from handlers.contract import POST_CREATED
+from handlers.contract import POST_CREATED, POST_DELETED, POST_UPDATED, event_part
 from handlers.ports import OutgoingMessage
 
 JOB_SCHEMA: Final = 1
-KINDS: Final = frozenset({POST_CREATED})  # edits and deletes come later
+KINDS: Final = frozenset({POST_CREATED, POST_UPDATED, POST_DELETED})
 # A job's body names ordinary or bulk (LANES); "backfill" is only a queue: repair jobs routed there.
 Lane = Literal["ordinary", "bulk", "backfill"]
 LANES: Final[frozenset[str]] = frozenset({"ordinary", "bulk"})
@@ -58,31 +62,36 @@ class FanoutJob:
     range_index: int
     range_count: int
     lane: Lane
+    edit: str | None = None  # an edit's id component (post.updated only): part of every message id
+
+    def __post_init__(self) -> None:
+        event_part(self.kind, self.edit)  # an unknown kind, or an edit without its id, is a bug
 
     @property
     def message_id(self) -> str:
-        """The job's own AMQP message id: one per range of a post, stable across replays."""
-        return f"job:{self.post_id}:range:{self.range_index}"
+        """The job's own AMQP message id: one per range of a post's event, stable across replays."""
+        return f"job:{self.post_id}{event_part(self.kind, self.edit)}:range:{self.range_index}"
 
 
 def encode_job(job: FanoutJob) -> bytes:
     """The job's body: the head is spliced in as is, never decoded and encoded again."""
-    frame = orjson.dumps(
-        {
-            "schema": JOB_SCHEMA,
-            "kind": job.kind,
-            "post_id": job.post_id,
-            "author_id": job.author_id,
-            "lane": job.lane,
-            "range": {
-                "index": job.range_index,
-                "count": job.range_count,
-                "after": job.range.after,
-                "until": job.range.until,
-            },
-            "head": None,
-        }
-    )
+    doc: dict[str, Any] = {
+        "schema": JOB_SCHEMA,
+        "kind": job.kind,
+        "post_id": job.post_id,
+        "author_id": job.author_id,
+        "lane": job.lane,
+        "range": {
+            "index": job.range_index,
+            "count": job.range_count,
+            "after": job.range.after,
+            "until": job.range.until,
+        },
+    }
+    if job.edit is not None:
+        doc["edit"] = job.edit
+    doc["head"] = None
+    frame = orjson.dumps(doc)
     return b"".join((frame[: -len(b"null}")], job.head, b"}"))
 
 
@@ -106,7 +115,7 @@ def decode_job(body: bytes) -> FanoutJob:
         raise InvalidJob("job is not a JSON object")
     if doc.get("schema") != JOB_SCHEMA:
         raise InvalidJob(f"job schema {doc.get('schema')!r} is not {JOB_SCHEMA}")
-    kind, lane = doc.get("kind"), doc.get("lane")
+    kind, lane = doc.get("kind", POST_CREATED), doc.get("lane")
     if kind not in KINDS:
         raise InvalidJob(f"unknown job kind {kind!r}")
     if lane not in LANES:
@@ -126,10 +135,21 @@ def decode_job(body: bytes) -> FanoutJob:
         bounds = FollowerRange(after, until)
     except ValueError as exc:
         raise InvalidJob(str(exc)) from None
+    edit = doc.get("edit")
+    if kind == POST_UPDATED:
+        if not isinstance(edit, str) or not edit:
+            raise InvalidJob("a post.updated job needs edit, a non-empty string")
+    elif edit is not None:
+        raise InvalidJob(f"a {kind} job has no edit")
     head = doc.get("head")
-    _check_head(head, post_id, author_id)
+    if kind == POST_CREATED:
+        _check_head(head, post_id, author_id)
+    elif kind == POST_UPDATED:
+        _check_update_head(head, post_id, author_id, edit)
+    else:
+        _check_delete_head(head, post_id, author_id)
     # orjson writes what it read in the same key order: the producer's head bytes, byte for byte.
-    return FanoutJob(kind, post_id, author_id, orjson.dumps(head), bounds, index, count, lane)
+    return FanoutJob(kind, post_id, author_id, orjson.dumps(head), bounds, index, count, lane, edit)
 
 
 _SNAPSHOT_FIELDS = frozenset({"user_id", "username", "display_name", "avatar_url", "version"})
@@ -172,3 +192,33 @@ def _check_head(head: Any, post_id: str, author_id: str) -> None:
         and author["version"] >= 0
     ):
         raise InvalidJob("head.author must be null or the author's snapshot")
+
+
+def _check_update_head(head: Any, post_id: str, author_id: str, edit: Any) -> None:
+    """What schemas/post.updated.v1.json allows: the post's visible fields and the edit."""
+    if not isinstance(head, dict) or set(head) != {"post", "edit"}:
+        raise InvalidJob("head must be an object with exactly post and edit")
+    post, change = head["post"], head["edit"]
+    if not isinstance(post, dict) or set(post) != {"id", "author_id", "text", "fields"}:
+        raise InvalidJob("head.post must have exactly id, author_id, text and fields")
+    if post["id"] != post_id or post["author_id"] != author_id:
+        raise InvalidJob("head.post does not match the job's post_id and author_id")
+    if not isinstance(post["text"], str) or not isinstance(post["fields"], dict):
+        raise InvalidJob("head.post.text must be a string and fields an object")
+    if not isinstance(change, dict) or set(change) != {"id", "version", "at"} or change["id"] != edit:
+        raise InvalidJob("head.edit must have exactly id (the job's edit), version and at")
+    if not (change["version"] is None or _int(change["version"])) or not (
+        change["at"] is None or isinstance(change["at"], str)
+    ):
+        raise InvalidJob("head.edit.version must be an integer or null and at a string or null")
+
+
+def _check_delete_head(head: Any, post_id: str, author_id: str) -> None:
+    """What schemas/post.deleted.v1.json allows: the post's id and author, and when."""
+    if not isinstance(head, dict) or set(head) != {"post", "deleted_at"}:
+        raise InvalidJob("head must be an object with exactly post and deleted_at")
+    post = head["post"]
+    if not isinstance(post, dict) or post != {"id": post_id, "author_id": author_id}:
+        raise InvalidJob("head.post must be exactly the job's id and author_id")
+    if not (head["deleted_at"] is None or isinstance(head["deleted_at"], str)):
+        raise InvalidJob("head.deleted_at must be a string or null")

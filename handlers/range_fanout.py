@@ -46,7 +46,9 @@ async def fan_out_range(
     counts = _Counts()
     rng = job.range
     pages = graph.follower_pages(job.author_id, rng.after, rng.until)
-    encode = RangeChunkEncoder(job.post_id, job.head, job.range_index, job.range_count).message
+    encode = RangeChunkEncoder(
+        job.post_id, job.head, job.range_index, job.range_count, job.kind, job.edit
+    ).message
     await send_chunks(pages, job.author_id, encode, publisher, chunk_size, counts)
     if counts.messages == 0 and job.range_count > 1:
         await (await publisher.send(encode([], 0, True)))

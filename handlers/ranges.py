@@ -41,10 +41,11 @@ class RangePlanner:
         return [FollowerRange(after, until) for after, until in zip(starts, ends, strict=True)]
 
     async def plan(
-        self, post_id: str, author_id: str, head: bytes, kind: str = POST_CREATED
+        self, post_id: str, author_id: str, head: bytes, kind: str = POST_CREATED, edit: str | None = None
     ) -> list[FanoutJob]:
-        """The jobs of one post. ``post_id`` is the post's id as messages render it and ``head``
-        its encoded post and author (handlers.contract.encode_head), both made once by the caller."""
+        """The jobs of one post's event (``kind``; ``edit`` names an edit). ``post_id`` is the post's
+        id as messages render it and ``head`` its encoded event (handlers/contract.py), both made
+        once by the caller. Planned on the author's followers now, whatever the event."""
         ranges = await self.ranges(author_id)
         lane: Lane = "ordinary" if len(ranges) == 1 else "bulk"
         self.stats.posts += 1
@@ -53,6 +54,6 @@ class RangePlanner:
         else:
             self.stats.bulk_jobs += len(ranges)
         return [
-            FanoutJob(kind, post_id, author_id, head, rng, k, len(ranges), lane)
+            FanoutJob(kind, post_id, author_id, head, rng, k, len(ranges), lane, edit)
             for k, rng in enumerate(ranges)
         ]

@@ -31,6 +31,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from enrichment.errors import ConfigError
 from worker.backfill_settings import BackfillSettings
+from worker.lifecycle_settings import PostLifecycleSettings
 from worker.runtime_settings import (
     CacheSettings,
     FanoutSettings,
@@ -81,6 +82,7 @@ class Settings(BaseSettings):
     fanout: FanoutSettings = FanoutSettings()
     log: LogSettings = LogSettings()
     backfill: BackfillSettings = BackfillSettings()
+    post_lifecycle: PostLifecycleSettings = PostLifecycleSettings()
 
     @model_validator(mode="after")
     def _job_exchange_is_its_own(self) -> Settings:

@@ -80,6 +80,11 @@ def _default_queues() -> list[QueueSpec]:
     return [
         QueueSpec(name="fanout.post.created", bindings=["post.created"], dead_letter_exchange="fanout.dlx"),
         QueueSpec(
+            name="fanout.post.changes",
+            bindings=["post.updated", "post.deleted"],
+            dead_letter_exchange="fanout.dlx",
+        ),
+        QueueSpec(
             name="fanout.profile.updated", bindings=["profile.updated"], dead_letter_exchange="fanout.dlx"
         ),
     ]

@@ -275,19 +275,24 @@ async def _build(settings: Settings, stack: AsyncExitStack) -> Runtime:
         where = uris.validate_mongo(m.uri.get_secret_value()).endpoints()
         raise ServiceUnavailable(f"MongoDB is unreachable: {where}: {cause(exc)}") from None
     db = mongo[m.database]
-    feeds: dict[str, ChangeFeed] = {
-        spec.name: MongoChangeFeed(
+    feeds: dict[str, ChangeFeed] = {}
+    for spec in STREAMS:
+        w = spec.watch(settings)
+        feed = MongoChangeFeed(
             db[spec.collection(m)],
             spec.name,
-            spec.ops,
-            spec.update_lookup,
+            w.ops,
+            w.update_lookup,
             m.max_await_time_ms,
             m.change_batch_size,
-            spec.fields,
+            w.fields,
             m.large_events,
+            w.before_change,
+            w.match,
         )
-        for spec in STREAMS
-    }
+        if settings.fanout.role != "fanout":  # pre-images "required" on a collection without them
+            await feed.check_pre_images()
+        feeds[spec.name] = feed
     checkpoints, leases = checkpoint_stores(settings, mongo)
     stores = Stores(
         source=MongoProfileSource(db[m.profiles]),

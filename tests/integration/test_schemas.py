@@ -15,12 +15,13 @@ from bson import ObjectId
 from jsonschema import Draft202012Validator
 
 from tests.harness import Collector, World, settings, start, wait_for
+from worker.lifecycle_settings import PostLifecycleSettings
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
 # The version each routing key's bodies carry now (post.created v2: chunks of follower ranges).
-CURRENT = {"post.created": 2, "profile.updated": 1}
+CURRENT = {"post.created": 2, "post.updated": 1, "post.deleted": 1, "profile.updated": 1}
 
 
 def validator(routing_key: str) -> Draft202012Validator:
@@ -29,7 +30,7 @@ def validator(routing_key: str) -> Draft202012Validator:
     return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
-VALIDATORS = {key: validator(key) for key in ("post.created", "profile.updated")}
+VALIDATORS = {key: validator(key) for key in CURRENT}
 
 
 def errors(routing_key: str, body: Any) -> list[str]:
@@ -37,14 +38,18 @@ def errors(routing_key: str, body: Any) -> list[str]:
 
 
 async def run_worker(redis: aioredis.Redis, key_prefix: str, exchange: str, collector: Collector) -> None:
-    """Posts covering every shape the producer emits, and a profile edit; waits for all messages."""
+    """Posts covering every shape the producer emits, an edit, a soft delete and a profile edit;
+    waits for all messages."""
     world = World()
     world.add_user("alice")
     world.add_user("bob", display_name=None, avatar_url=None)  # display_name falls back to username
     world.graph.set_followers("alice", ["alice", "f1", "f2", "f3", "f4", "f5"])  # 5 recipients → 3 chunks
     world.graph.set_followers("bob", ["f1"])
     world.graph.set_followers("ghost", ["f2", "f3"])  # ghost has no profile: author is null
-    worker, task = await start(world.runtime(settings(key_prefix, exchange, chunk_size=2), redis))
+    cfg = settings(key_prefix, exchange, chunk_size=2)
+    lifecycle = PostLifecycleSettings(visible_fields=["title"], soft_delete_field="deleted_at")
+    cfg = cfg.model_copy(update={"post_lifecycle": lifecycle})
+    worker, task = await start(world.runtime(cfg, redis))
     try:
         created = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
         world.db.insert("posts", {"_id": "p1", "author_id": "alice", "text": "hi", "created_at": created})
@@ -54,9 +59,13 @@ async def run_worker(redis: aioredis.Redis, key_prefix: str, exchange: str, coll
         world.post("p3", "bob", text="no created_at, no avatar")
         world.post("p4", "ghost", text="who am I")
         world.edit_user("alice", display_name="Alice B.", avatar_url="https://cdn.example/a/2.png")
+        world.db.update("posts", "p1", {"text": "hi, edited", "title": created})
+        world.db.update("posts", "p4", {"deleted_at": created})
         await wait_for(
             lambda: (
                 len(collector.of("post.created")) >= 3 + 3 + 1 + 1
+                and len(collector.of("post.updated")) >= 3
+                and len(collector.of("post.deleted")) >= 1
                 and len(collector.of("profile.updated")) >= 1
             ),
             what="every message",

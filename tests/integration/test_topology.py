@@ -374,11 +374,12 @@ async def test_ensure_topology_declares_on_its_own_connection(
         await ensure_topology("amqp://guest:guest@127.0.0.1:1/", names.exchange, names.topology(), 2.0)
 
 
-def test_defaults_are_two_quorum_queues_with_a_dead_letter_exchange() -> None:
+def test_defaults_are_three_quorum_queues_with_a_dead_letter_exchange() -> None:
     topology = TopologySettings()
     assert topology.declare
     assert [(q.name, q.bindings, q.type, q.durable) for q in topology.queues] == [
         ("fanout.post.created", ["post.created"], "quorum", True),
+        ("fanout.post.changes", ["post.updated", "post.deleted"], "quorum", True),
         ("fanout.profile.updated", ["profile.updated"], "quorum", True),
     ]
     assert topology.dead_letter_exchanges() == ["fanout.dlx"]

@@ -431,3 +431,84 @@ async def test_set_stage_evaluates_bson_size_and_remove(wm: WireMongo) -> None:
         assert small is not None and big is not None
         assert small["fullDocument"] == {"_id": "small"} and "oversize" not in small
         assert "fullDocument" not in big and big["oversize"] > 200
+
+
+@pytest.mark.asyncio
+async def test_pre_images_follow_the_collection_option_and_list_collections_shows_it(wm: WireMongo) -> None:
+    # Given "posts" created through the driver with pre-images, "drafts" without, then turned on
+    async with _client(wm.uri) as client:
+        db = client[DB]
+        await db.create_collection("posts", changeStreamPreAndPostImages={"enabled": True})
+        await db.create_collection("drafts")
+        wm.insert(DB, "drafts", {"_id": "d1", "author_id": "u1"})
+        wm.delete_one(DB, "drafts", {"_id": "d1"})  # before pre-images: none recorded
+        await db.command("collMod", "drafts", changeStreamPreAndPostImages={"enabled": True})
+        wm.insert(DB, "drafts", {"_id": "d2", "author_id": "u2"})
+        wm.delete_one(DB, "drafts", {"_id": "d2"})
+        # Then listCollections shows the option on both
+        infos = {c["name"]: c["options"] async for c in await db.list_collections()}
+        assert infos["posts"] == {"changeStreamPreAndPostImages": {"enabled": True}}
+        assert infos["drafts"] == {"changeStreamPreAndPostImages": {"enabled": True}}
+        # When a stream asks for pre-images when available
+        async with await db["posts"].watch(
+            full_document_before_change="whenAvailable", max_await_time_ms=100
+        ) as s:
+            wm.insert(DB, "posts", {"_id": "p1", "author_id": "u1", "text": "a"})
+            wm.update_one(DB, "posts", {"_id": "p1"}, {"$set": {"text": "b"}})
+            wm.delete_one(DB, "posts", {"_id": "p1"})
+            ins, upd, rem = await s.try_next(), await s.try_next(), await s.try_next()
+        # Then updates and deletes carry the document as it was before them; inserts none
+        assert ins is not None and "fullDocumentBeforeChange" not in ins
+        assert upd is not None and upd["fullDocumentBeforeChange"]["text"] == "a"
+        assert rem is not None and rem["fullDocumentBeforeChange"] == {
+            "_id": "p1",
+            "author_id": "u1",
+            "text": "b",
+        }
+        # and on drafts only the delete made after the option was turned on has one
+        async with await db["drafts"].watch(
+            full_document_before_change="whenAvailable", start_at_operation_time=ts_of_first(wm)
+        ) as s:
+            deletes = [
+                e for e in [await s.try_next() for _ in range(4)] if e and e["operationType"] == "delete"
+            ]
+        assert [d["fullDocumentBeforeChange"] for d in deletes] == [None, {"_id": "d2", "author_id": "u2"}]
+
+
+def ts_of_first(wm: WireMongo) -> Any:
+    return wm.change_events()[0]["clusterTime"]
+
+
+@pytest.mark.asyncio
+async def test_required_pre_image_missing_fails_with_47_each_time(wm: WireMongo) -> None:
+    # Given a delete on a collection that records no pre-images
+    wm.insert(DB, "posts", {"_id": "p1", "author_id": "u1"})
+    async with _client(wm.uri) as client:
+        coll = client[DB]["posts"]
+        async with await coll.watch(full_document_before_change="required", max_await_time_ms=100) as s:
+            wm.delete_one(DB, "posts", {"_id": "p1"})
+            # When the stream meets it, Then it fails with NoMatchingDocument, as MongoDB 6.0+ does
+            with pytest.raises(OperationFailure) as exc:
+                await s.try_next()
+        assert exc.value.code == 47
+        assert "pre-image was not found" in str(exc.value)
+        # and a stream resumed before it meets it again
+        with pytest.raises(OperationFailure) as again:
+            await coll.watch(full_document_before_change="required", start_at_operation_time=ts_of_first(wm))
+        assert again.value.code == 47
+        # while one without pre-images reads past it
+        async with await coll.watch(start_at_operation_time=ts_of_first(wm), max_await_time_ms=100) as s:
+            ops = [(await s.try_next() or {}).get("operationType") for _ in range(2)]
+        assert ops == ["insert", "delete"]
+
+
+@pytest.mark.asyncio
+async def test_coll_mod_on_a_missing_collection_and_a_bad_option_are_refused(wm: WireMongo) -> None:
+    async with _client(wm.uri) as client:
+        with pytest.raises(OperationFailure) as missing:
+            await client[DB].command("collMod", "nope", changeStreamPreAndPostImages={"enabled": True})
+        assert missing.value.code == 26
+        await client[DB].create_collection("posts")
+        with pytest.raises(OperationFailure) as bad:
+            await client[DB].command("collMod", "posts", changeStreamPreAndPostImages=True)
+        assert bad.value.code == 2

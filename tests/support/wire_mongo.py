@@ -34,7 +34,13 @@ Emulated:
     update with ``fullDocument: "updateLookup"`` -- looked up at read time),
     updateDescription (computed by diffing before/after; nested changes are
     reported as dotted paths, arrays as whole fields, truncatedArrays always
-    empty).  ``resumeAfter`` / ``startAfter`` / ``startAtOperationTime``;
+    empty).  Pre-images: a collection created (``create``, or the
+    ``create_collection`` hook) or modified (``collMod``) with
+    ``changeStreamPreAndPostImages: {enabled: true}`` records the document
+    before each update/replace/delete while enabled (``listCollections`` shows
+    the option); ``fullDocumentBeforeChange: "whenAvailable"`` adds it to those
+    events (null when none was recorded), ``"required"`` fails the command with
+    47 NoMatchingDocument when one is missing, as MongoDB 6.0+ does.  ``resumeAfter`` / ``startAfter`` / ``startAtOperationTime``;
     unknown or foreign tokens -> 286 ChangeStreamHistoryLost; resumeAfter an
     invalidate -> 260.  Every batch carries ``postBatchResumeToken``.  getMore
     blocks up to maxTimeMS (default 1000) for new events (``stop()`` drops such
@@ -57,8 +63,8 @@ semantics (lsid/txnNumber are ignored; a retried write is simply re-executed),
 read/write concerns, causal consistency, multiple members / elections / any
 secondary, the oplog window (the change log is unbounded and lives until the
 process ends; after ``stop()``/``start()`` data and log survive but cursors
-don't), pre/post images (``fullDocument: whenAvailable|required``,
-``fullDocumentBeforeChange``), change events for DDL (drop, rename, ...),
+don't), post-images (``fullDocument: whenAvailable|required``), pre-image
+expiry, change events for DDL (drop, rename, ...),
 change-stream stages and expressions beyond the above, ``$out``/``$merge``,
 sharding, size limits outside change events, exhaust cursors, unacknowledged-write error reporting.
 Unknown commands reply 59 CommandNotFound.
@@ -110,6 +116,7 @@ _CODE_NAMES = {
     8: "UnknownError",
     26: "NamespaceNotFound",
     43: "CursorNotFound",
+    47: "NoMatchingDocument",
     48: "NamespaceExists",
     59: "CommandNotFound",
     91: "ShutdownInProgress",
@@ -156,6 +163,7 @@ class _Event:
     wall_time: datetime
     full: Doc | None = None
     desc: Doc | None = None
+    pre: Doc | None = None  # the pre-image, when the collection recorded one
 
 
 @dataclass
@@ -172,6 +180,7 @@ class _StreamCursor:
     pos: int  # number of log entries already scanned
     full_document: str
     stages: list[Doc]
+    before_change: str = "off"  # fullDocumentBeforeChange
     split: bool = False  # the pipeline ends with $changeStreamSplitLargeEvent
     skip_fragments: int = 0  # resumed after this fragment of the first event scanned
     pending: list[Doc] = field(default_factory=list)  # fragments not yet sent
@@ -254,6 +263,7 @@ class WireMongo:
         self._log: list[_Event] = []
         self._cursors: dict[int, _FindCursor | _StreamCursor] = {}
         self._faults: list[_Fault] = []
+        self._options: dict[tuple[str, str], Doc] = {}  # collection options (create, collMod)
         self._counts: Counter[str] = Counter()
         self._epoch = random.getrandbits(32)
         self._cursor_ids = itertools.count(random.randint(1 << 40, 1 << 50))
@@ -281,6 +291,7 @@ class WireMongo:
             "createindexes": self._create_indexes,
             "listcollections": self._list_collections,
             "create": self._create,
+            "collmod": self._coll_mod,
             "drop": self._drop,
             "dropdatabase": self._drop_database,
         }
@@ -383,6 +394,14 @@ class WireMongo:
     def find_one(self, db: str, coll: str, filter: Mapping[str, Any] | None = None) -> Doc | None:
         found = self.find(db, coll, filter)
         return found[0] if found else None
+
+    def create_collection(self, db: str, coll: str, pre_images: bool = False) -> None:
+        """Create ``db.coll``, recording pre-images (``changeStreamPreAndPostImages``) if asked."""
+        cmd: Doc = {"create": coll}
+        if pre_images:
+            cmd["changeStreamPreAndPostImages"] = {"enabled": True}
+        with self._cond:
+            self._create(db, cmd)
 
     def invalidate(self, db: str, coll: str) -> None:
         """Append an ``invalidate`` event: streams on db.coll return it and their cursor ends."""
@@ -489,12 +508,24 @@ class WireMongo:
         return int(m[2], 16)
 
     def _emit(
-        self, op: str, db: str, coll: str, key: Any, full: Doc | None = None, desc: Doc | None = None
+        self,
+        op: str,
+        db: str,
+        coll: str,
+        key: Any,
+        full: Doc | None = None,
+        desc: Doc | None = None,
+        pre: Doc | None = None,
     ) -> None:
-        self._log.append(
-            _Event(len(self._log) + 1, op, db, coll, key, self._next_ts(), _now(), copy.deepcopy(full), desc)
-        )
+        ev = _Event(len(self._log) + 1, op, db, coll, key, self._next_ts(), _now(), copy.deepcopy(full), desc)
+        ev.pre = copy.deepcopy(pre)
+        self._log.append(ev)
         self._cond.notify_all()
+
+    def _pre_image(self, db: str, coll: str, doc: Doc | None) -> Doc | None:
+        """``doc`` if ``db.coll`` records pre-images now, else None."""
+        images = self._options.get((db, coll), {}).get("changeStreamPreAndPostImages") or {}
+        return copy.deepcopy(doc) if doc is not None and images.get("enabled") is True else None
 
     def _new_cursor(self, cursor: _FindCursor | _StreamCursor) -> int:
         cid = next(self._cursor_ids)
@@ -562,8 +593,9 @@ class WireMongo:
             if after is None or after == before:
                 continue
             modified += 1
+            pre = self._pre_image(db, cname, before)
             if replace:
-                self._emit("replace", db, cname, _id, full=after)
+                self._emit("replace", db, cname, _id, full=after, pre=pre)
             else:
                 upd, rem = _diff(before or {}, after)
                 self._emit(
@@ -572,6 +604,7 @@ class WireMongo:
                     cname,
                     _id,
                     desc={"updatedFields": upd, "removedFields": rem, "truncatedArrays": []},
+                    pre=pre,
                 )
         return len(ids), modified, []
 
@@ -579,8 +612,9 @@ class WireMongo:
         coll = self._coll(db, cname)
         ids = self._target_ids(coll, q, multi=not limit)
         for _id in ids:
+            pre = self._pre_image(db, cname, coll.find_one({"_id": _id}))
             coll.delete_one({"_id": _id})
-            self._emit("delete", db, cname, _id)
+            self._emit("delete", db, cname, _id, pre=pre)
         return len(ids)
 
     # ---------------------------------------------------------------- commands
@@ -723,8 +757,9 @@ class WireMongo:
         before = coll.find_one({"_id": hit[0]}, fields or None) if hit else None
         if cmd.get("remove"):
             if hit:
+                pre = self._pre_image(db, cname, coll.find_one({"_id": hit[0]}))
                 coll.delete_one({"_id": hit[0]})
-                self._emit("delete", db, cname, hit[0])
+                self._emit("delete", db, cname, hit[0], pre=pre)
             return {"lastErrorObject": {"n": len(hit)}, "value": before, "ok": 1}
         _, _, ups = self._update_docs(db, cname, q, cmd.get("update"), False, bool(cmd.get("upsert")), sort)
         key = hit[0] if hit else (ups[0] if ups else None)
@@ -771,7 +806,12 @@ class WireMongo:
 
     def _list_collections(self, db: str, cmd: Doc) -> Doc:
         docs = [
-            {"name": n, "type": "collection", "options": {}, "info": {"readOnly": False}}
+            {
+                "name": n,
+                "type": "collection",
+                "options": copy.deepcopy(self._options.get((db, n), {})),
+                "info": {"readOnly": False},
+            }
             for n in sorted(self.backend[db].list_collection_names())
         ]
         docs = [d for d in docs if _matches(cmd.get("filter") or {}, d)]
@@ -786,14 +826,38 @@ class WireMongo:
             self.backend[db].create_collection(cmd["create"])
         except CollectionInvalid as exc:
             raise CommandError(48, str(exc)) from exc
+        images = cmd.get("changeStreamPreAndPostImages")
+        if images is not None:
+            self._options[(db, cmd["create"])] = {"changeStreamPreAndPostImages": self._images(images)}
         return {"ok": 1}
+
+    def _coll_mod(self, db: str, cmd: Doc) -> Doc:
+        cname = cmd["collMod"]
+        if cname not in self.backend[db].list_collection_names():
+            raise CommandError(26, f"ns does not exist: {db}.{cname}")
+        unknown = set(cmd) - {"collMod", "changeStreamPreAndPostImages", "$db", "lsid", "$clusterTime"}
+        if unknown:
+            raise CommandError(115, f"WireMongo: collMod options {sorted(unknown)} are not emulated")
+        if "changeStreamPreAndPostImages" in cmd:
+            images = self._images(cmd["changeStreamPreAndPostImages"])
+            self._options.setdefault((db, cname), {})["changeStreamPreAndPostImages"] = images
+        return {"ok": 1}
+
+    @staticmethod
+    def _images(spec: Any) -> Doc:
+        if not isinstance(spec, Mapping) or set(spec) != {"enabled"} or not isinstance(spec["enabled"], bool):
+            raise CommandError(2, "changeStreamPreAndPostImages must be {enabled: <bool>}")
+        return {"enabled": spec["enabled"]}
 
     def _drop(self, db: str, cmd: Doc) -> Doc:
         self.backend[db].drop_collection(cmd["drop"])
+        self._options.pop((db, cmd["drop"]), None)
         return {"ns": f"{db}.{cmd['drop']}", "ok": 1}
 
     def _drop_database(self, db: str, cmd: Doc) -> Doc:
         self.backend.drop_database(db)
+        for key in [k for k in self._options if k[0] == db]:
+            del self._options[key]
         return {"dropped": db, "ok": 1}
 
     def _aggregate(self, db: str, cmd: Doc) -> Doc:
@@ -812,8 +876,11 @@ class WireMongo:
         stages = [dict(stage) for stage in pipeline[1:]]
         split = check_stages(stages)
         full = spec.get("fullDocument", "default")
-        if full not in ("default", "updateLookup") or spec.get("fullDocumentBeforeChange", "off") != "off":
-            raise CommandError(115, "WireMongo: pre/post images are not emulated")
+        if full not in ("default", "updateLookup"):
+            raise CommandError(115, "WireMongo: post-images are not emulated")
+        before = spec.get("fullDocumentBeforeChange", "off")
+        if before not in ("off", "whenAvailable", "required"):
+            raise CommandError(2, f"unknown fullDocumentBeforeChange mode: {before!r}")
         scope: tuple[str | None, str | None]
         if isinstance(target, str):
             scope, ns = (db, target), f"{db}.{target}"
@@ -839,7 +906,7 @@ class WireMongo:
             pos = next((e.seq - 1 for e in self._log if e.cluster_time >= ts), len(self._log))
         else:
             pos = len(self._log)
-        cur = _StreamCursor(ns, scope[0], scope[1], pos, full, stages, split, fragment)
+        cur = _StreamCursor(ns, scope[0], scope[1], pos, full, stages, before, split, fragment)
         events, invalidated = self._collect(cur, batch_size)
         cid = 0 if invalidated else self._new_cursor(cur)
         return self._stream_reply(cid, cur, events, invalidated, "firstBatch")
@@ -863,7 +930,12 @@ class WireMongo:
                     continue
                 out.append(self._event_doc(ev, cur.full_document))
                 return out, True
-            doc = apply_stages(cur.stages, self._event_doc(ev, cur.full_document))
+            try:
+                event = self._event_doc(ev, cur.full_document, cur.before_change)
+            except CommandError:
+                cur.pos -= 1  # a getMore on this cursor meets it again, as on a server
+                raise
+            doc = apply_stages(cur.stages, event)
             if doc is None:
                 continue
             size = bson_size(doc)
@@ -890,7 +962,7 @@ class WireMongo:
             "ok": 1,
         }
 
-    def _event_doc(self, ev: _Event, full_document: str) -> Doc:
+    def _event_doc(self, ev: _Event, full_document: str, before_change: str = "off") -> Doc:
         doc: Doc = {
             "_id": self._token(ev.seq),
             "operationType": ev.op,
@@ -907,4 +979,13 @@ class WireMongo:
             doc["updateDescription"] = copy.deepcopy(ev.desc)
             if full_document == "updateLookup":
                 doc["fullDocument"] = self._coll(ev.db, ev.coll).find_one({"_id": ev.key})
+        if before_change != "off" and ev.op in ("update", "replace", "delete"):
+            if ev.pre is None and before_change == "required":
+                raise CommandError(
+                    47,
+                    "Change stream was configured to require a pre-image for all update, delete and "
+                    f"replace events, but the pre-image was not found for event: {ev.op} of "
+                    f"{ev.db}.{ev.coll} _id {ev.key!r} (WireMongo)",
+                )
+            doc["fullDocumentBeforeChange"] = copy.deepcopy(ev.pre)
         return doc

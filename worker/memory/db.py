@@ -48,6 +48,10 @@ class MemoryDatabase:
         self._seq = 0
         self._changed: asyncio.Event | None = None
         self.deletes = 0  # lets readers that index by insertion order know when to rebuild
+        # Collections recording pre-images (MongoDB's changeStreamPreAndPostImages), and the
+        # pre-images recorded, by log position.
+        self.pre_image_collections: set[str] = set()
+        self.pre_images: dict[int, Doc] = {}
 
     def collection(self, name: str) -> dict[Any, Doc]:
         return self.collections.setdefault(name, {})
@@ -65,22 +69,29 @@ class MemoryDatabase:
         doc = self.collection(coll).get(doc_id)
         if doc is None:
             return False
+        before = self._pre_image(coll, doc)
         doc.update(copy.deepcopy(set_fields))
         desc = {"updatedFields": copy.deepcopy(set_fields), "removedFields": [], "truncatedArrays": []}
-        self._append(coll, "update", doc_id, updateDescription=desc)
+        self._append(coll, "update", doc_id, before, updateDescription=desc)
         return True
 
     def replace(self, coll: str, doc: Doc) -> None:
+        before = self._pre_image(coll, self.collection(coll).get(doc["_id"]))
         self.collection(coll)[doc["_id"]] = copy.deepcopy(doc)
-        self._append(coll, "replace", doc["_id"], fullDocument=copy.deepcopy(doc))
+        self._append(coll, "replace", doc["_id"], before, fullDocument=copy.deepcopy(doc))
 
     def delete(self, coll: str, doc_id: Any) -> None:
-        if self.collection(coll).pop(doc_id, None) is not None:
+        if (gone := self.collection(coll).pop(doc_id, None)) is not None:
             self.deletes += 1
-            self._append(coll, "delete", doc_id)
+            self._append(coll, "delete", doc_id, self._pre_image(coll, gone))
 
-    def _append(self, coll: str, op: str, doc_id: Any, **extra: Any) -> None:
+    def _pre_image(self, coll: str, doc: Doc | None) -> Doc | None:
+        return copy.deepcopy(doc) if doc is not None and coll in self.pre_image_collections else None
+
+    def _append(self, coll: str, op: str, doc_id: Any, before: Doc | None = None, **extra: Any) -> None:
         self._seq += 1
+        if before is not None:
+            self.pre_images[self._seq] = before
         now = datetime.now(UTC)
         event: Doc = {
             "_id": _token(self._seq),
@@ -96,6 +107,8 @@ class MemoryDatabase:
             drop = len(self._log) - self._max_log
             del self._log[:drop]
             self._first_seq += drop
+            for seq in [s for s in self.pre_images if s < self._first_seq] if self.pre_images else []:
+                del self.pre_images[seq]
         if self._changed is not None:
             self._changed.set()
             self._changed = None

@@ -8,11 +8,11 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from enrichment.errors import StreamFatal
+from enrichment.errors import ConfigError, StreamFatal
 from handlers.events import ChangeEvent, Token
 from worker.memory.db import MemoryDatabase, token_seq
 from worker.ports import ChangeFeed
-from worker.settings import MongoSettings
+from worker.settings import Settings
 from worker.streams import STREAMS
 
 
@@ -27,8 +27,12 @@ class MemoryChangeCursor:
         start: int,
         max_await_seconds: float,
         fields: Sequence[str] | None = None,
+        before_change: str | None = None,
+        match: Mapping[str, Any] | None = None,
     ) -> None:
         self._db = db
+        self._before_change = before_change
+        self._match = match or {}
         self._stream = stream
         self._collection = collection
         self._ops = op_types
@@ -66,14 +70,45 @@ class MemoryChangeCursor:
                 self._pos = pos
                 if event["ns"]["coll"] != self._collection or event["operationType"] not in self._ops:
                     continue
-                return self._render(event)
+                if not matches(event, self._match):
+                    continue
+                return self._render(pos, event)
 
-    def _render(self, event: dict[str, Any]) -> dict[str, Any]:
+    def _render(self, pos: int, event: dict[str, Any]) -> dict[str, Any]:
         out = copy.deepcopy(event)
-        if self._lookup and event["operationType"] == "update":
+        op = event["operationType"]
+        if self._lookup and op == "update":
             current = self._db.collection(self._collection).get(event["documentKey"]["_id"])
             out["fullDocument"] = copy.deepcopy(current)
+        if self._before_change is not None and op in ("update", "replace", "delete"):
+            # Like MongoDB 6.0+: the pre-image when the collection recorded one; "required" fails
+            # the stream without it (the server's error 47, which the MongoDB feed makes this).
+            before = self._db.pre_images.get(pos)
+            if before is None and self._before_change == "required":
+                self._pos = pos - 1  # met again on the next read, as on a server
+                raise StreamFatal(self._stream, 47, "a required pre-image is missing")
+            out["fullDocumentBeforeChange"] = copy.deepcopy(before)
         return out if self._fields is None else project(out, self._fields)
+
+
+def matches(doc: Mapping[str, Any], conditions: Mapping[str, Any]) -> bool:
+    """The feeds' extra ``$match`` conditions, of the forms they use: ``{path: {"$exists": bool}}``
+    and ``{path: value}`` on dotted paths through documents."""
+    for path, condition in conditions.items():
+        value: Any = doc
+        for part in path.split("."):
+            value = value.get(part, _MISSING) if isinstance(value, Mapping) else _MISSING
+        if isinstance(condition, Mapping) and set(condition) == {"$exists"}:
+            if (value is not _MISSING) != bool(condition["$exists"]):
+                return False
+        elif isinstance(condition, Mapping) and any(str(k).startswith("$") for k in condition):
+            raise ValueError(f"the in-memory feed cannot match {condition!r}")
+        elif value != condition:
+            return False
+    return True
+
+
+_MISSING = object()
 
 
 def project(doc: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
@@ -106,8 +141,12 @@ class MemoryChangeFeed:
         update_lookup: bool = False,
         max_await_seconds: float = 0.2,
         fields: Sequence[str] | None = None,
+        before_change: str | None = None,
+        match: Mapping[str, Any] | None = None,
     ) -> None:
         self.stream = stream
+        self._before_change = before_change
+        self._match = match
         self._fields = fields  # the fields handlers read: projected like the MongoDB feed does
         self._db = db
         self._collection = collection
@@ -131,23 +170,45 @@ class MemoryChangeFeed:
                 raise StreamFatal(self.stream, 280, "resume token was not issued by this database")
             start = seq
         yield MemoryChangeCursor(
-            self._db, self.stream, self._collection, self._ops, self._lookup, start, self._await, self._fields
+            self._db,
+            self.stream,
+            self._collection,
+            self._ops,
+            self._lookup,
+            start,
+            self._await,
+            self._fields,
+            self._before_change,
+            self._match,
         )
 
+    async def check_pre_images(self) -> None:
+        """Like the MongoDB feed's: "required" on a collection without pre-images is a ConfigError."""
+        if self._before_change == "required" and self._collection not in self._db.pre_image_collections:
+            raise ConfigError(
+                f'post_lifecycle.pre_images = "required" but collection {self._db.name}.'
+                f"{self._collection} does not record pre-images"
+            )
 
-def memory_feeds(db: MemoryDatabase, max_await_seconds: float = 0.2) -> dict[str, ChangeFeed]:
+
+def memory_feeds(
+    db: MemoryDatabase, max_await_seconds: float = 0.2, settings: Settings | None = None
+) -> dict[str, ChangeFeed]:
     """Every stream of the table over the in-memory MongoDB stand-in (demo, benchmarks, tests),
-    watching what ``build_runtime``'s feeds do, on the default collection names. NOT MongoDB."""
-    names = MongoSettings()
-    return {
-        spec.name: MemoryChangeFeed(
+    watching what ``build_runtime``'s feeds do under ``settings`` (the defaults if None). NOT MongoDB."""
+    settings = settings or Settings()
+    feeds: dict[str, ChangeFeed] = {}
+    for spec in STREAMS:
+        watch = spec.watch(settings)
+        feeds[spec.name] = MemoryChangeFeed(
             db,
             spec.name,
-            spec.collection(names),
-            frozenset(spec.ops),
-            spec.update_lookup,
+            spec.collection(settings.mongo),
+            frozenset(watch.ops),
+            watch.update_lookup,
             max_await_seconds,
-            spec.fields,
+            watch.fields,
+            watch.before_change,
+            watch.match,
         )
-        for spec in STREAMS
-    }
+    return feeds

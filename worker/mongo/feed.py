@@ -20,14 +20,16 @@ from bson import Timestamp
 from loguru import logger
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
-from enrichment.errors import ServiceUnavailable, StreamFatal
+from enrichment.errors import ConfigError, FanoutError, ServiceUnavailable, StreamFatal
 from handlers.events import OVERSIZE_FIELD, ChangeEvent, Token
 from worker.mongo.errors import translate
 
 LargeEvents = Literal["split", "fail", "skip"]
 SPLIT_STAGE = "$changeStreamSplitLargeEvent"
+# fullDocumentBeforeChange "required" and an event without its pre-image: the server fails the stream.
+NO_MATCHING_DOCUMENT = 47
 # The documents an event may carry under "skip" before they are left out. The server's own limit is
 # 16 MiB + 16 KiB per event; the other fields (token, ns, documentKey) take far less than 16 KiB.
 SKIP_LIMIT_BYTES = 16 * 1024 * 1024
@@ -65,6 +67,18 @@ def skip_stage(limit: int = SKIP_LIMIT_BYTES) -> dict[str, Any]:
     }
 
 
+def stream_error(exc: PyMongoError, what: str, stream: str) -> FanoutError:
+    """``translate``, and a missing required pre-image, which no retry brings back."""
+    if isinstance(exc, OperationFailure) and exc.code == NO_MATCHING_DOCUMENT:
+        return StreamFatal(
+            stream,
+            exc.code,
+            'a pre-image required by post_lifecycle.pre_images = "required" is missing (expired, or '
+            "the collection stopped recording them)",
+        )
+    return translate(exc, what, stream)
+
+
 class MongoChangeCursor:
     def __init__(self, stream: AsyncChangeStream[dict[str, Any]], name: str) -> None:
         self._stream = stream
@@ -86,7 +100,7 @@ class MongoChangeCursor:
             try:
                 raw = await self._stream.try_next()
             except PyMongoError as exc:
-                raise translate(exc, "change stream getMore", self._name) from exc
+                raise stream_error(exc, "change stream getMore", self._name) from exc
             if raw is None:
                 if not self._stream.alive:
                     # Our $match also filters the invalidate event out, so a dropped or renamed
@@ -140,16 +154,21 @@ class MongoChangeFeed:
         batch_size: int,
         fields: Sequence[str] | None = None,
         large_events: LargeEvents = "split",
+        before_change: str | None = None,
+        match: Mapping[str, Any] | None = None,
     ) -> None:
         self.stream = stream
         self._collection = collection
-        self._pipeline: list[dict[str, Any]] = [{"$match": {"operationType": {"$in": list(op_types)}}}]
+        self._pipeline: list[dict[str, Any]] = [
+            {"$match": {"operationType": {"$in": list(op_types)}, **(match or {})}}
+        ]
         if fields is not None:
             self._pipeline.append(project_stage(fields))
         if large_events == "skip":
             self._pipeline.append(skip_stage())
         self._large_events = large_events
         self._full_document = "updateLookup" if update_lookup else None
+        self._before_change = before_change  # fullDocumentBeforeChange: pre-images (6.0+)
         self._max_await = max_await_time_ms
         self._batch_size = batch_size
         self._split: bool | None = None  # whether the last open used the split stage
@@ -178,6 +197,35 @@ class MongoChangeFeed:
                 )
         return split
 
+    async def check_pre_images(self) -> None:
+        """At start: with pre-images ``required``, the collection must record them (MongoDB 6.0+
+        ``changeStreamPreAndPostImages``), or every delete would stop the stream: raise ConfigError
+        naming the collection. With ``whenAvailable`` a warning says deletes will be dead-lettered."""
+        if self._before_change is None:
+            return
+        coll = self._collection
+        try:
+            found = await (await coll.database.list_collections(filter={"name": coll.name})).to_list()
+        except PyMongoError as exc:
+            raise translate(exc, "listCollections", self.stream) from exc
+        options = found[0].get("options", {}) if found else {}
+        images = options.get("changeStreamPreAndPostImages") or {}
+        if images.get("enabled") is True:
+            return
+        where = f"{coll.database.name}.{coll.name}"
+        if self._before_change == "required":
+            raise ConfigError(
+                f'post_lifecycle.pre_images = "required" but collection {where} does not record '
+                "pre-images: enable them (collMod changeStreamPreAndPostImages: {enabled: true}, "
+                'MongoDB 6.0+) or set pre_images to "when-available" or "off"'
+            )
+        logger.bind(stream=self.stream).warning(
+            "stream {}: collection {} does not record pre-images: hard deletes cannot name their "
+            "author and will be dead-lettered",
+            self.stream,
+            where,
+        )
+
     @asynccontextmanager
     async def open(
         self, resume_after: Token | None, start_at: datetime | None = None
@@ -190,13 +238,14 @@ class MongoChangeFeed:
             stream = await self._collection.watch(
                 pipeline,
                 full_document=self._full_document,
+                full_document_before_change=self._before_change,
                 resume_after=resume_after,
                 start_at_operation_time=at,
                 max_await_time_ms=self._max_await,
                 batch_size=self._batch_size,
             )
         except PyMongoError as exc:
-            raise translate(exc, "change stream open", self.stream) from exc
+            raise stream_error(exc, "change stream open", self.stream) from exc
         try:
             yield MongoChangeCursor(stream, self.stream)
         finally:

@@ -77,6 +77,17 @@ def _posts(rt: RuntimeView) -> Iterator[Metric]:
         (),
         [((), posts.recipients)],
     )
+    yield counter(
+        "post_events",
+        "Post edits and deletes: fanned out, ignored (no visible field), dead-lettered (author unknown).",
+        ("event",),
+        [
+            (("updated",), posts.edits),
+            (("deleted",), posts.deletes),
+            (("edit_ignored",), posts.edits_ignored),
+            (("delete_author_unknown",), posts.deletes_author_unknown),
+        ],
+    )
     profiles = rt.profiles.stats
     yield counter(
         "profiles_deleted",

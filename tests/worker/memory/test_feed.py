@@ -6,10 +6,12 @@ import asyncio
 
 import pytest
 
-from enrichment.errors import StreamFatal
+from enrichment.errors import ConfigError, StreamFatal
 from handlers.events import ChangeEvent
 from worker.memory.db import MemoryDatabase, token_seq
 from worker.memory.feed import MemoryChangeCursor, MemoryChangeFeed
+from worker.settings import Settings
+from worker.streams import POSTS
 
 ALL_OPS = frozenset({"insert", "update", "replace", "delete"})
 WAIT = 0.01  # seconds an idle try_next waits
@@ -263,3 +265,67 @@ async def test_a_foreign_token_is_refused() -> None:
         async with feed(db).open({"_data": "not-ours"}):
             pass
     assert caught.value.code == 280
+
+
+async def test_pre_images_when_available_and_required_like_mongodb() -> None:
+    # Given posts that record pre-images only from the second write on
+    db = MemoryDatabase()
+    db.insert("posts", {"_id": "p1", "author_id": "a", "text": "one"})
+    db.delete("posts", "p1")  # no pre-image recorded
+    db.pre_image_collections.add("posts")
+    db.insert("posts", {"_id": "p2", "author_id": "b", "text": "two"})
+    db.update("posts", "p2", {"text": "deux"})
+    db.delete("posts", "p2")
+    when_available = MemoryChangeFeed(
+        db, "posts", "posts", ALL_OPS, max_await_seconds=WAIT, before_change="whenAvailable"
+    )
+    # When read with pre-images when available
+    async with when_available.open({"_data": f"82{0:016X}"}) as cursor:
+        events = await drain(cursor)
+    # Then updates and deletes carry them where recorded, null where not; inserts never
+    assert [(e.op, e.raw.get("fullDocumentBeforeChange", "absent")) for e in events] == [
+        ("insert", "absent"),
+        ("delete", None),
+        ("insert", "absent"),
+        ("update", {"_id": "p2", "author_id": "b", "text": "two"}),
+        ("delete", {"_id": "p2", "author_id": "b", "text": "deux"}),
+    ]
+    # and "required" stops at the delete without one, each time it is met
+    required = MemoryChangeFeed(
+        db, "posts", "posts", ALL_OPS, max_await_seconds=WAIT, before_change="required"
+    )
+    async with required.open({"_data": f"82{0:016X}"}) as cursor:
+        assert (await cursor.try_next()) is not None
+        for _ in range(2):
+            with pytest.raises(StreamFatal) as exc:
+                await cursor.try_next()
+            assert exc.value.code == 47
+
+
+async def test_required_pre_images_on_a_collection_without_them_is_a_config_error() -> None:
+    db = MemoryDatabase()
+    required = MemoryChangeFeed(db, "posts", "posts", ALL_OPS, before_change="required")
+    with pytest.raises(ConfigError, match=r"social\.posts"):
+        await required.check_pre_images()
+    db.pre_image_collections.add("posts")
+    await required.check_pre_images()
+
+
+async def test_the_extra_match_keeps_the_workers_own_snapshot_writes_out() -> None:
+    # Given a post, the worker's snapshot write into it, and an edit of its text
+    db = MemoryDatabase()
+    db.insert("posts", {"_id": "p1", "author_id": "a", "text": "one"})
+    db.update("posts", "p1", {"author_snapshot": {"version": 1}})
+    db.update("posts", "p1", {"text": "two"})
+    watch = POSTS.watch(Settings())
+    posts = MemoryChangeFeed(
+        db, "posts", "posts", frozenset(watch.ops), True, WAIT, watch.fields, watch.before_change, watch.match
+    )
+    # When the posts feed reads them
+    async with posts.open({"_data": f"82{0:016X}"}) as cursor:
+        events = await drain(cursor)
+    # Then the snapshot write stays out, as MongoDB's $match keeps it on the server
+    assert [(e.op, e.raw.get("updateDescription")) for e in events] == [
+        ("insert", None),
+        ("update", {"updatedFields": {"text": "two"}, "removedFields": []}),
+    ]

@@ -19,9 +19,10 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
 from enrichment.errors import EventTooLarge, InvalidEvent, ServiceUnavailable, StreamFatal
-from handlers.events import POST_EVENT_FIELDS, PROFILE_EVENT_FIELDS, ChangeEvent, parse_new_post
+from handlers.events import PROFILE_EVENT_FIELDS, ChangeEvent, parse_new_post
 from tests.worker.mongo.mockup_helpers import HANGUP, ChangeStreamServer, Fault, ServerError
 from worker.mongo.feed import LargeEvents, MongoChangeCursor, MongoChangeFeed
+from worker.settings import Settings
 from worker.streams import POSTS, PROFILES
 
 pytestmark = pytest.mark.timeout(30)
@@ -52,8 +53,18 @@ async def client(mongo: ChangeStreamServer) -> AsyncIterator[Client]:
 
 
 def posts_feed(client: Client, large_events: LargeEvents = "split") -> MongoChangeFeed:
+    w = POSTS.watch(Settings())
     return MongoChangeFeed(
-        client["social"]["posts"], "posts", POSTS.ops, False, 50, 100, POST_EVENT_FIELDS, large_events
+        client["social"]["posts"],
+        "posts",
+        w.ops,
+        w.update_lookup,
+        50,
+        100,
+        w.fields,
+        large_events,
+        w.before_change,
+        w.match,
     )
 
 
@@ -61,7 +72,7 @@ def profiles_feed(client: Client, large_events: LargeEvents = "split") -> MongoC
     return MongoChangeFeed(
         client["social"]["profiles"],
         "profiles",
-        PROFILES.ops,
+        PROFILES.watch(Settings()).ops,
         True,
         50,
         100,
@@ -70,7 +81,13 @@ def profiles_feed(client: Client, large_events: LargeEvents = "split") -> MongoC
     )
 
 
-POSTS_MATCH = {"$match": {"operationType": {"$in": ["insert"]}}}
+POSTS_MATCH = {
+    "$match": {
+        "operationType": {"$in": ["insert", "update", "replace", "delete"]},
+        # the worker's own snapshot writes stay on the server
+        "updateDescription.updatedFields.author_snapshot": {"$exists": False},
+    }
+}
 PROFILES_MATCH = {"$match": {"operationType": {"$in": ["insert", "update", "replace", "delete"]}}}
 SPLIT = {"$changeStreamSplitLargeEvent": {}}
 
@@ -113,7 +130,7 @@ def change_stream_stage(aggregate: Mapping[str, Any]) -> Mapping[str, Any]:
 # -- 1. what the first aggregate carries -----------------------------------------------------------
 
 
-async def test_posts_feed_resumes_after_the_checkpoint_with_our_match_and_no_lookup(
+async def test_posts_feed_resumes_after_the_checkpoint_with_our_match_and_lookup(
     mongo: ChangeStreamServer, client: Client
 ) -> None:
     # Given p1 (already checkpointed) and two later inserts
@@ -128,12 +145,14 @@ async def test_posts_feed_resumes_after_the_checkpoint_with_our_match_and_no_loo
     assert [e.token for e in events] == [p2["_id"], p3["_id"]]
     assert {(e.stream, e.op) for e in events} == {("posts", "insert")}
     assert events[0].full_document == {"_id": "p2", "author_id": "a", "text": "t2"}
-    # and one aggregate on social.posts resumed after the saved token, without updateLookup
+    # and one aggregate on social.posts resumed after the saved token, with updateLookup (edits
+    # need the post's author) and no pre-images (off by default)
     (agg,) = mongo.named("aggregate")
     assert (agg["aggregate"], agg["$db"]) == ("posts", "social")
     stage = change_stream_stage(agg)
     assert stage["resumeAfter"] == p1["_id"]
-    assert "fullDocument" not in stage
+    assert stage["fullDocument"] == "updateLookup"
+    assert "fullDocumentBeforeChange" not in stage
     assert "startAfter" not in stage and "startAtOperationTime" not in stage
     # and our operationType filter follows the $changeStream stage, then the projection to the fields
     # the handlers read, then (the server is 7.0) the split stage, last
@@ -148,6 +167,10 @@ async def test_posts_feed_resumes_after_the_checkpoint_with_our_match_and_no_loo
             "fullDocument.author_id": 1,
             "fullDocument.text": 1,
             "fullDocument.created_at": 1,
+            "updateDescription.updatedFields": 1,
+            "updateDescription.removedFields": 1,
+            "fullDocumentBeforeChange._id": 1,
+            "fullDocumentBeforeChange.author_id": 1,
         }
     }
     assert agg["pipeline"][1:] == [POSTS_MATCH, posts_project, SPLIT]

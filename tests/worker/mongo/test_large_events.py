@@ -24,7 +24,8 @@ from worker.memory.db import MemoryDatabase
 from worker.memory.feed import MemoryChangeFeed, project
 from worker.memory.stores import MemoryCheckpointStore, MemoryDeadLetters
 from worker.mongo.feed import splits_large_events
-from worker.settings import PipelineSettings
+from worker.settings import PipelineSettings, Settings
+from worker.streams import POSTS
 from worker.tailer.pipeline import StreamPipeline
 
 
@@ -47,10 +48,18 @@ def test_which_servers_split_large_events(version: list[int], splits: bool) -> N
 
 
 def test_the_token_and_what_handlers_read_are_projected_in() -> None:
-    for fields in (POST_EVENT_FIELDS, PROFILE_EVENT_FIELDS):
+    posts = POSTS.watch(Settings(post_lifecycle={"visible_fields": ["title"], "version_field": "rev"}))
+    for fields in (POST_EVENT_FIELDS, posts.fields, PROFILE_EVENT_FIELDS):
         assert "_id" in fields and "operationType" in fields and "clusterTime" in fields
     assert "updateDescription.updatedFields" in PROFILE_EVENT_FIELDS
+    # inserts need no diff; edits need it whole (a nested edit is a dotted key) and deletes the
+    # pre-image's author, never the whole pre-image
     assert not any(f.startswith("updateDescription") for f in POST_EVENT_FIELDS)
+    assert {"updateDescription.updatedFields", "fullDocument.title", "fullDocument.rev"} <= set(posts.fields)
+    assert [f for f in posts.fields if f.startswith("fullDocumentBeforeChange")] == [
+        "fullDocumentBeforeChange._id",
+        "fullDocumentBeforeChange.author_id",
+    ]
 
 
 def test_project_keeps_only_the_listed_paths() -> None:
