@@ -1,6 +1,6 @@
 """The compose file's consumer: prints every message it receives on the given queues, then acks it.
 
-    python print_consumer.py fanout.post.created fanout.profile.updated
+    python print_consumer.py fanout.post.created fanout.post.changes fanout.profile.updated
 
 AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/) names the broker. The queues are the worker's
 (declared by its [topology]); this only reads them. One line per message: queue, routing key,
