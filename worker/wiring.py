@@ -25,7 +25,7 @@ from enrichment.redis_layer import RedisLayer
 from handlers.chunks import ChunkCounts
 from handlers.emitter import JobEmitter
 from handlers.limits import AuthorRateLimiter
-from handlers.ports import DeadLetters, FollowerGraph, PostStore
+from handlers.ports import DeadLetters, FollowerGraph, OutgoingMessage, PostStore
 from handlers.posts import PostCreatedHandler, PostStats
 from handlers.profiles import ProfileChangedHandler
 from worker import uris
@@ -33,6 +33,7 @@ from worker.failures import cause
 from worker.fanout.runner import FanoutRunner
 from worker.memory.bus import LocalInvalidationBus
 from worker.memory.jobs import InlineJobQueue
+from worker.messaging.job_lanes import JobLanesPublisher
 from worker.messaging.jobs import BulkShards, ensure_job_topology
 from worker.messaging.publisher import RabbitPublisher
 from worker.messaging.topology import ensure_topology
@@ -179,19 +180,25 @@ def rabbit_publisher(settings: Settings) -> RabbitPublisher:
     )
 
 
-def job_publisher(settings: Settings) -> RabbitPublisher:
-    """Fan-out jobs on ``fanout.exchange``: an unroutable job fails its post instead of vanishing."""
+def job_publisher(settings: Settings) -> JobLanesPublisher:
+    """Fan-out jobs on ``fanout.exchange``: an unroutable job fails its post instead of vanishing.
+    Bulk jobs have a connection and window of their own (worker/messaging/job_lanes.py), each big
+    post's routed to one bulk shard."""
     q = settings.rabbitmq
-    return RabbitPublisher(
-        q.url.get_secret_value(),
-        settings.fanout.exchange,
-        q.publish_window,
-        q.confirm_timeout_seconds,
-        q.reconnect_max_seconds,
-        unroutable_fails=True,
-        stamped=True,
-        route=BulkShards(settings.fanout.bulk_shards).routing_key,
-    )
+
+    def publisher(route: Callable[[OutgoingMessage], str] | None) -> RabbitPublisher:
+        return RabbitPublisher(
+            q.url.get_secret_value(),
+            settings.fanout.exchange,
+            q.publish_window,
+            q.confirm_timeout_seconds,
+            q.reconnect_max_seconds,
+            unroutable_fails=True,
+            stamped=True,
+            route=route,
+        )
+
+    return JobLanesPublisher(publisher(None), publisher(BulkShards(settings.fanout.bulk_shards).routing_key))
 
 
 def fanout_runner(
