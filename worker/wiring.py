@@ -247,6 +247,19 @@ def open_mongo(settings: Settings, stack: AsyncExitStack) -> AsyncMongoClient[di
     return client
 
 
+async def reach_mongo(settings: Settings, stack: AsyncExitStack) -> AsyncMongoClient[dict[str, Any]]:
+    """A client closed by ``stack``, once a ping answers. Raises ServiceUnavailable naming
+    host:port and the cause when MongoDB is unreachable."""
+    m = settings.mongo
+    mongo = open_mongo(settings, stack)
+    try:
+        await mongo.admin.command("ping")
+    except PyMongoError as exc:
+        where = uris.validate_mongo(m.uri.get_secret_value()).endpoints()
+        raise ServiceUnavailable(f"MongoDB is unreachable: {where}: {cause(exc)}") from None
+    return mongo
+
+
 def open_redis(settings: Settings, stack: AsyncExitStack) -> aioredis.Redis:
     client = redis_client(settings)
     close_later(stack, "Redis", client.aclose)
@@ -275,12 +288,7 @@ async def build_runtime(settings: Settings) -> Runtime:
 
 async def _build(settings: Settings, stack: AsyncExitStack) -> Runtime:
     m = settings.mongo
-    mongo = open_mongo(settings, stack)
-    try:
-        await mongo.admin.command("ping")
-    except PyMongoError as exc:
-        where = uris.validate_mongo(m.uri.get_secret_value()).endpoints()
-        raise ServiceUnavailable(f"MongoDB is unreachable: {where}: {cause(exc)}") from None
+    mongo = await reach_mongo(settings, stack)
     db = mongo[m.database]
     feeds: dict[str, ChangeFeed] = {}
     for spec in STREAMS:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from bson import json_util
 
 from enrichment.errors import ConfigError
 from handlers.ids import encode_post_id
-from worker.cli.options import common_options
+from worker.cli.options import common_options, iso_time
 from worker.repair.backfill import PostBackfill, dry_run
 from worker.repair.context import RepairContext, open_repair
 from worker.repair.pace import TokenBucket
@@ -23,14 +22,6 @@ from worker.repair.progress import Progress
 from worker.repair.snapshots import RUN_KEY, SnapshotRepair
 from worker.settings import Settings
 from worker.streams import POSTS
-
-
-def iso_time(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def post_id(text: str) -> Any:

@@ -13,8 +13,7 @@ from typing import Any
 from bson import json_util
 
 from enrichment.errors import ConfigError
-from worker.cli.backfill import iso_time
-from worker.cli.options import common_options
+from worker.cli.options import common_options, iso_time
 from worker.repair.context import open_repair
 from worker.repair.ports import DeadLetter, DeadLetterArchive, DeadLetterFilter
 from worker.repair.replay import replay

@@ -27,7 +27,7 @@ from enrichment.errors import (
 from worker import __version__, uris
 from worker.cli import backfill, deadletters, ops, options
 from worker.cli.configdoc import reference
-from worker.cli.options import common_options
+from worker.cli.options import common_options, iso_time
 from worker.daemon import Worker, tune_gc
 from worker.observe.health import HealthServer, status_line, worker_alive
 from worker.observe.logs import configure, redact
@@ -126,9 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     reset.add_argument("--stream", default="all", help="posts, profiles or all (default all)")
     target = reset.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", choices=["now"], help="start from now")
-    target.add_argument(
-        "--to-time", type=_iso_time, metavar="ISO", help="start at this time (UTC if no zone)"
-    )
+    target.add_argument("--to-time", type=iso_time, metavar="ISO", help="start at this time (UTC if no zone)")
     reset.add_argument("--force", action="store_true", help="reset even while a worker holds the lease")
 
     config = sub.add_parser(
@@ -167,14 +165,6 @@ def refuse_unconfigured_run(environ: Mapping[str, str], cwd: Path) -> None:
         f"run: no configuration: pass --config PATH, a TOML file like config.toml{hint}, or set "
         f"{MONGO_VARIABLES[0]} and the other FANOUT_* variables (docs/config.md)"
     )
-
-
-def _iso_time(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The options every ``fanout-worker`` command takes, as a parent parser.
+"""The options every ``fanout-worker`` command takes, as a parent parser, and the argument types
+commands share.
 
 A command added in its own module gets them by passing ``parents=[common_options()]`` to
 ``add_parser``; ``main`` applies them (``--log-level`` overrides ``log.level``).
@@ -7,11 +8,21 @@ A command added in its own module gets them by passing ``parents=[common_options
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from typing import get_args
 
 from worker.runtime_settings import LogSettings
 
 LEVELS: tuple[str, ...] = get_args(LogSettings.model_fields["level"].annotation)
+
+
+def iso_time(text: str) -> datetime:
+    """An ISO 8601 time; UTC when it names no zone."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _level(text: str) -> str:

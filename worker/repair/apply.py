@@ -14,7 +14,7 @@ from enrichment.errors import FanoutError
 from handlers.events import ChangeEvent
 from worker.ports import EventHandler
 from worker.retry import Verdict, decide
-from worker.shutdown import raise_if_cancelling
+from worker.tailer.processing import handle_once
 
 
 class RepairStopped(FanoutError):
@@ -31,7 +31,7 @@ async def apply_events(
     attempt = 1
     backoff = Backoff(0.2, retry_max_seconds)
     while pending:
-        failed = await _attempt(handler, [events[i] for i in pending])
+        failed = await handle_once(handler, [events[i] for i in pending])
         retry: list[int] = []
         for j, error in failed.items():
             decision = decide(error, attempt, max_attempts)
@@ -49,24 +49,3 @@ async def apply_events(
         pending = sorted(retry)
         attempt += 1
     return given_up
-
-
-async def _attempt(handler: EventHandler, events: list[ChangeEvent]) -> dict[int, BaseException]:
-    failed: dict[int, BaseException] = {}
-    reported: set[int] = set()
-
-    def report(i: int, error: BaseException | None) -> None:
-        if i not in reported:
-            reported.add(i)
-            if error is not None:
-                failed[i] = error
-
-    try:
-        await handler.process(events, report)
-    except Exception as exc:  # a handler bug: fail whatever it did not report
-        raise_if_cancelling()
-        for i in range(len(events)):
-            report(i, exc)
-    for i in range(len(events)):
-        report(i, RuntimeError("handler did not report this event"))
-    return failed

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from enrichment.errors import ServiceUnavailable
@@ -59,12 +58,7 @@ class RepairContext:
 async def open_repair(settings: Settings, stack: AsyncExitStack, publish: bool) -> RepairContext:
     """Raises ServiceUnavailable (naming host:port and the cause) when a service is unreachable."""
     m = settings.mongo
-    mongo = wiring.open_mongo(settings, stack)
-    try:
-        await mongo.admin.command("ping")
-    except PyMongoError as exc:
-        where = uris.validate_mongo(m.uri.get_secret_value()).endpoints()
-        raise ServiceUnavailable(f"MongoDB is unreachable: {where}: {cause(exc)}") from None
+    mongo = await wiring.reach_mongo(settings, stack)
     db = mongo[m.database]
     ctx = RepairContext(
         settings,

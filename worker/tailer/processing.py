@@ -5,7 +5,7 @@ jittered backoff, dead-letter what cannot be handled, and finish each event as s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from loguru import logger
 
@@ -80,30 +80,14 @@ class BatchProcessor:
 
     async def _attempt(self, pending: list[Item]) -> dict[int, BaseException]:
         """Run the handler once over ``pending``; finish each success as soon as it is reported."""
-        failed: dict[int, BaseException] = {}
-        reported: set[int] = set()
 
-        def report(i: int, error: BaseException | None) -> None:
-            if i in reported:
-                return
-            reported.add(i)
-            if error is None:
-                seq, event = pending[i]
-                event_logger(event).debug("event handled")
-                self.stats.observe_handled(event)
-                self._finish(seq, event.op, True)  # at once: a slow neighbour must not hold its slot
-            else:
-                failed[i] = error
+        def done(i: int) -> None:
+            seq, event = pending[i]
+            event_logger(event).debug("event handled")
+            self.stats.observe_handled(event)
+            self._finish(seq, event.op, True)  # at once: a slow neighbour must not hold its slot
 
-        try:
-            await self._handler.process([event for _, event in pending], report)
-        except Exception as exc:  # a handler bug: fail whatever it did not report
-            raise_if_cancelling()
-            for i in range(len(pending)):
-                report(i, exc)
-        for i in range(len(pending)):
-            report(i, RuntimeError("handler did not report this event"))
-        return failed
+        return await handle_once(self._handler, [event for _, event in pending], done)
 
     async def _dead_letter(self, item: Item, reason: str) -> None:
         seq, event = item
@@ -122,3 +106,32 @@ class BatchProcessor:
         self.stats.dead_lettered += 1
         self.stats.count(event.op, "dead_lettered")
         self._finish(seq, event.op, False)
+
+
+async def handle_once(
+    handler: EventHandler, events: Sequence[ChangeEvent], done: Callable[[int], None] | None = None
+) -> dict[int, BaseException]:
+    """Run ``handler`` once over ``events``: call ``done(i)`` for each success as it is reported and
+    return the errors of the others by index. An event the handler never reports, or a handler that
+    raises, fails (never passes silently). Shared by the pipelines and the repair commands."""
+    failed: dict[int, BaseException] = {}
+    reported: set[int] = set()
+
+    def report(i: int, error: BaseException | None) -> None:
+        if i in reported:
+            return
+        reported.add(i)
+        if error is not None:
+            failed[i] = error
+        elif done is not None:
+            done(i)
+
+    try:
+        await handler.process(events, report)
+    except Exception as exc:  # a handler bug: fail whatever it did not report
+        raise_if_cancelling()
+        for i in range(len(events)):
+            report(i, exc)
+    for i in range(len(events)):
+        report(i, RuntimeError("handler did not report this event"))
+    return failed
