@@ -17,6 +17,7 @@ from tests.deploy.support import (
     secret_env_names,
     settings_env_names,
 )
+from worker.messaging.jobs import CONSUMED_LANES, lane_queues
 from worker.settings import FanoutSettings, HealthSettings, PipelineSettings
 
 K8S = DEPLOY / "kubernetes"
@@ -120,7 +121,7 @@ def test_keda_scales_the_fan_out_workers_on_the_job_lanes() -> None:
     assert role_of(deployments()[scaled["spec"]["scaleTargetRef"]["name"]]) == "fanout"
     queues = {t["metadata"]["queueName"] for t in scaled["spec"]["triggers"]}
     fanout = FanoutSettings()
-    assert queues == {fanout.ordinary_queue, fanout.bulk_queue}
+    assert queues == {q for lane in CONSUMED_LANES for q in lane_queues(fanout, lane)}
     assert {t["authenticationRef"]["name"] for t in scaled["spec"]["triggers"]} == {auth["metadata"]["name"]}
     # reading the broker with the worker's own RabbitMQ URL from the Secret.
     (ref,) = auth["spec"]["secretTargetRef"]
