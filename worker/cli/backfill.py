@@ -55,6 +55,13 @@ def add_parser(sub: Any, config_help: str) -> None:
     p.add_argument("--rate", type=float, metavar="N", help="posts per second (backfill.posts_per_second)")
     p.add_argument("--dry-run", action="store_true", help="print what it would do; publish nothing")
     p.add_argument("--restart", action="store_true", help="start over, ignoring the run's checkpoint")
+    p.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="PATH",
+        help="write progress as Prometheus gauges to PATH (node_exporter's textfile collector), "
+        "every second and at the end",
+    )
     p.set_defaults(execute=execute)
 
 
@@ -102,7 +109,9 @@ async def _backfill(ctx: RepairContext, args: argparse.Namespace, key: str, wind
         s.pipeline.max_attempts,
         s.pipeline.retry_max_seconds,
     )
-    progress = Progress(f"backfill {key}", await ctx.reader.count_posts(window), sys.stderr)
+    progress = Progress(
+        f"backfill {key}", await ctx.reader.count_posts(window), sys.stderr, metrics_file=args.metrics_file
+    )
     try:
         return await backfill.run(key, window, progress, restart=args.restart)
     finally:
@@ -177,7 +186,9 @@ async def _run_snapshots(ctx: RepairContext, args: argparse.Namespace) -> RunSta
         s.pipeline.rewrite_concurrency,
         _bucket(s, args),
     )
-    progress = Progress("snapshots", await ctx.profiles.count_profiles(), sys.stderr)
+    progress = Progress(
+        "snapshots", await ctx.profiles.count_profiles(), sys.stderr, metrics_file=args.metrics_file
+    )
     try:
         return await repair.run(progress, restart=args.restart)
     finally:
