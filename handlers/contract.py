@@ -20,29 +20,30 @@ PROFILE_SCHEMA = 1  # profile.updated bodies
 POST_SCHEMAS: Final[dict[str, int]] = {POST_CREATED: POST_SCHEMA, POST_UPDATED: 1, POST_DELETED: 1}
 
 
-def event_part(kind: str, edit: str | None) -> str:
-    """The part of a post's message and job ids naming its event: empty for the creation (the
-    ids it always had), ``:edit:{e}`` for an edit, ``:deleted`` for the delete. Never empty for
-    an edit or a delete, so their ids never collide with a creation's."""
+def event_prefix(noun: str, kind: str, edit: str | None) -> str:
+    """What starts a post's message (``noun`` "post") or job (``noun`` "job") ids, naming its event:
+    ``post:`` for the creation (the ids it always had), ``post.updated:{e}:`` for an edit and
+    ``post.deleted:`` for the delete. The event comes before the post id, and an edit id has no
+    colon, so no post id (a string ``_id`` may hold colons) can make one event's ids another's."""
     if kind == POST_CREATED:
-        return ""
+        return f"{noun}:"
     if kind == POST_UPDATED:
-        if not edit:
-            raise ValueError("an edit needs its edit id")
-        return f":edit:{edit}"
+        if not edit or ":" in edit:
+            raise ValueError(f"an edit needs its edit id, without a colon: {edit!r}")
+        return f"{noun}.updated:{edit}:"
     if kind == POST_DELETED:
-        return ":deleted"
+        return f"{noun}.deleted:"
     raise ValueError(f"not a post message kind: {kind!r}")
 
 
 def chunk_message_id(
     post_id: str, range_index: int, index: int, kind: str = POST_CREATED, edit: str | None = None
 ) -> str:
-    """``post:{post_id}:range:{k}:chunk:{n}`` (creation), ``post:{post_id}:edit:{e}:range:…``
-    (an edit, ``e`` from handlers/lifecycle.py ``edit_id``) or ``post:{post_id}:deleted:range:…``:
-    per range, so ranges fanned out in parallel never share one; deterministic, so a redelivered
-    job replays the same ids. ``post_id`` is the typed text of handlers/ids.py."""
-    return f"post:{post_id}{event_part(kind, edit)}:range:{range_index}:chunk:{index}"
+    """``post:{post_id}:range:{k}:chunk:{n}`` (creation), ``post.updated:{e}:{post_id}:range:…``
+    (an edit, ``e`` from handlers/lifecycle.py) or ``post.deleted:{post_id}:range:…``: per range,
+    so ranges fanned out in parallel never share one; deterministic, so a redelivered job replays
+    the same ids. ``post_id`` is the typed text of handlers/ids.py."""
+    return f"{event_prefix('post', kind, edit)}{post_id}:range:{range_index}:chunk:{index}"
 
 
 def profile_message_id(snapshot: AuthorSnapshot) -> str:
@@ -102,7 +103,7 @@ class RangeChunkEncoder:
         kind: str = POST_CREATED,
         edit: str | None = None,
     ) -> None:
-        event_part(kind, edit)  # refuse an unknown kind, or an edit without its id, up front
+        event_prefix("post", kind, edit)  # refuse an unknown kind, or an edit without its id, up front
         self._post_id = post_id
         self._range_index = range_index
         self._kind = kind

@@ -22,7 +22,7 @@ from typing import Any, Final, Literal, TypeGuard
 import orjson
 
 from enrichment.errors import InvalidJob
-from handlers.contract import POST_CREATED, POST_DELETED, POST_UPDATED, event_part
+from handlers.contract import POST_CREATED, POST_DELETED, POST_UPDATED, event_prefix
 from handlers.ports import OutgoingMessage
 
 JOB_SCHEMA: Final = 1
@@ -65,12 +65,12 @@ class FanoutJob:
     edit: str | None = None  # an edit's id component (post.updated only): part of every message id
 
     def __post_init__(self) -> None:
-        event_part(self.kind, self.edit)  # an unknown kind, or an edit without its id, is a bug
+        event_prefix("job", self.kind, self.edit)  # an unknown kind, or an edit without its id, is a bug
 
     @property
     def message_id(self) -> str:
         """The job's own AMQP message id: one per range of a post's event, stable across replays."""
-        return f"job:{self.post_id}{event_part(self.kind, self.edit)}:range:{self.range_index}"
+        return f"{event_prefix('job', self.kind, self.edit)}{self.post_id}:range:{self.range_index}"
 
 
 def encode_job(job: FanoutJob) -> bytes:

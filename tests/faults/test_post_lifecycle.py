@@ -96,10 +96,10 @@ def assert_life_delivered(collector: Collector) -> None:
         "fields": {"title": "T"},
     }
     edit_id = edit.body["edit"]["id"]
-    assert edit_id.startswith("t") and edit.message_id == f"post:p1:edit:{edit_id}:range:0:chunk:0"
+    assert edit_id.startswith("t") and edit.message_id == f"post.updated:{edit_id}:p1:range:0:chunk:0"
     assert {m.message_id for m in collector.of("post.deleted")} == {
-        "post:p2:deleted:range:0:chunk:0",
-        "post:p3:deleted:range:0:chunk:0",
+        "post.deleted:p2:range:0:chunk:0",
+        "post.deleted:p3:range:0:chunk:0",
     }
 
 

@@ -100,13 +100,25 @@ def test_ids_of_a_post_creation_edits_and_delete_never_collide_and_are_stable() 
         chunk_message_id(PID, 0, 0, POST_DELETED),
     }
     assert len(ids) == 5
-    assert chunk_message_id(PID, 2, 3, POST_UPDATED, "v1") == f"post:{PID}:edit:v1:range:2:chunk:3"
-    assert chunk_message_id(PID, 2, 3, POST_DELETED) == f"post:{PID}:deleted:range:2:chunk:3"
+    assert chunk_message_id(PID, 2, 3, POST_UPDATED, "v1") == f"post.updated:v1:{PID}:range:2:chunk:3"
+    assert chunk_message_id(PID, 2, 3, POST_DELETED) == f"post.deleted:{PID}:range:2:chunk:3"
     assert chunk_message_id(PID, 2, 3) == f"post:{PID}:range:2:chunk:3"  # as before edits existed
-    assert job_message(job(POST_UPDATED, "v1")).message_id == f"job:{PID}:edit:v1:range:1"
-    assert job_message(job(POST_DELETED, head=DELETE_HEAD)).message_id == f"job:{PID}:deleted:range:1"
+    assert job_message(job(POST_UPDATED, "v1")).message_id == f"job.updated:v1:{PID}:range:1"
+    assert job_message(job(POST_DELETED, head=DELETE_HEAD)).message_id == f"job.deleted:{PID}:range:1"
     with pytest.raises(ValueError, match="edit id"):
         chunk_message_id(PID, 0, 0, POST_UPDATED)
+
+
+def test_post_ids_holding_colons_never_make_one_events_ids_anothers() -> None:
+    # Given string post ids that read like another post's event (a string _id may hold colons)
+    lookalikes = ["a", "a:deleted", "a:edit:v1", "v1:a", "a:range:0", "deleted:a"]
+    events = [(POST_CREATED, None), (POST_UPDATED, "v1"), (POST_DELETED, None)]
+    # Then every (post, event, range, chunk) has an id of its own
+    ids = [chunk_message_id(p, k, 0, kind, edit) for p in lookalikes for kind, edit in events for k in (0, 1)]
+    assert len(set(ids)) == len(ids)
+    # and an edit id holding a colon is refused rather than made ambiguous
+    with pytest.raises(ValueError, match="without a colon"):
+        chunk_message_id("a", 0, 0, POST_UPDATED, "v1:x")
 
 
 def test_a_queued_job_without_kind_is_a_creation() -> None:

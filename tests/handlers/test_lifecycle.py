@@ -110,7 +110,7 @@ async def test_an_edit_of_the_text_reaches_exactly_the_followers_with_the_new_te
     # and its ids name the edit, never a creation's
     (edit_id,) = {b["edit"]["id"] for b in updated}
     assert edit_id.startswith("t") and len(edit_id) == 17
-    assert p.ids("post.updated") == [f"post:p1:edit:{edit_id}:range:0:chunk:{n}" for n in (0, 1)]
+    assert p.ids("post.updated") == [f"post.updated:{edit_id}:p1:range:0:chunk:{n}" for n in (0, 1)]
     assert not set(p.ids("post.updated")) & set(p.ids("post.created"))
     assert p.handler.stats.edits == 1
 
@@ -143,7 +143,7 @@ async def test_with_a_version_field_the_edit_id_is_the_version_of_the_fields_car
     assert {b["edit"]["id"] for b in updated} == {"v2"}
     assert {b["edit"]["version"] for b in updated} == {2}
     assert updated[0]["post"]["fields"] == {"title": "T", "published": when.isoformat()}
-    assert p.ids("post.updated")[0] == "post:p1:edit:v2:range:0:chunk:0"
+    assert p.ids("post.updated")[0] == "post.updated:v2:p1:range:0:chunk:0"
 
 
 async def test_edits_of_fields_followers_do_not_see_are_ignored_and_counted() -> None:
@@ -172,7 +172,7 @@ async def test_a_hard_delete_with_a_pre_image_reaches_exactly_the_followers() ->
     deleted = p.sent("post.deleted")
     assert recipients(deleted) == FOLLOWERS
     assert {orjson.dumps(b["post"]) for b in deleted} == {b'{"id":"p1","author_id":"alice"}'}
-    assert p.ids("post.deleted") == ["post:p1:deleted:range:0:chunk:0", "post:p1:deleted:range:0:chunk:1"]
+    assert p.ids("post.deleted") == ["post.deleted:p1:range:0:chunk:0", "post.deleted:p1:range:0:chunk:1"]
     assert p.handler.stats.deletes == 1
 
 
