@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from bson import json_util
+from bson.errors import BSONError
 
 from enrichment.errors import ConfigError
 from handlers.ids import encode_post_id
-from worker.cli.options import common_options, iso_time
+from worker.cli.options import common_options, iso_time, say
 from worker.repair.backfill import PostBackfill, dry_run
 from worker.repair.context import RepairContext, open_repair
 from worker.repair.pace import TokenBucket
@@ -25,11 +26,19 @@ from worker.streams import POSTS
 
 
 def post_id(text: str) -> Any:
-    """An ``_id`` bound: Extended JSON (``{"$oid": "..."}``, ``42``, ``"p1"``), else the text as is."""
+    """An ``_id`` bound: Extended JSON (``{"$oid": "..."}``, ``42``, ``"p1"``), else the text as is
+    (a plain string id). Text that is meant as Extended JSON (it opens a document) and is not valid
+    is refused rather than taken for a string."""
     try:
-        return json_util.loads(text)
-    except ValueError:
+        value = json_util.loads(text)
+    except (ValueError, TypeError, BSONError) as exc:
+        if text.lstrip().startswith("{"):
+            raise argparse.ArgumentTypeError(f"not a valid Extended JSON _id: {text!r} ({exc})") from None
         return text
+    if isinstance(value, dict) and any(str(k).startswith("$") for k in value):
+        # An operator json_util did not turn into a BSON value ({"$date": "x"}): a typo, not an id.
+        raise argparse.ArgumentTypeError(f"not a valid Extended JSON _id: {text!r}")
+    return value
 
 
 def add_parser(sub: Any, config_help: str) -> None:
@@ -138,7 +147,7 @@ async def _gaps(ctx: RepairContext, args: argparse.Namespace) -> int:
         # A dry run lists them all; a run takes those not backfilled yet.
         chosen = [r for r in records if r.backfilled_at is None or args.restart or args.dry_run]
     if not chosen:
-        print("no gap to backfill")
+        say("no gap to backfill")
         return 0
     snapshots: RunState | None = None
     left = 0  # gaps --all-gaps cannot do alone
@@ -146,23 +155,21 @@ async def _gaps(ctx: RepairContext, args: argparse.Namespace) -> int:
         gap, key = record.gap, f"gap:{record.id}"
         if args.dry_run:
             done = f"backfilled at {record.backfilled_at.isoformat()}" if record.backfilled_at else "pending"
-            print(f"gap {record.id}: {gap.stream} from {gap.start} to {gap.end} ({gap.reason}); {done}")
+            say(f"gap {record.id}: {gap.stream} from {gap.start} to {gap.end} ({gap.reason}); {done}")
             if gap.stream == POSTS.name and gap.start is not None:
                 await _print_dry_run(ctx, key, _gap_window(record))
             elif gap.stream == POSTS.name:
-                print(f"  no start time: backfill it with --from ISO --to {gap.end.isoformat()}")
+                say(f"  no start time: backfill it with --from ISO --to {gap.end.isoformat()}")
             else:
-                print("  would repair every post's snapshot (--snapshots)")
+                say("  would repair every post's snapshot (--snapshots)")
             continue
         if record.backfilled_at is not None and not args.restart:
             at = record.backfilled_at.isoformat()
-            print(f"gap {record.id}: already backfilled at {at} (--restart to redo)")
+            say(f"gap {record.id}: already backfilled at {at} (--restart to redo)")
             continue
         if gap.stream == POSTS.name:
             if gap.start is None and args.all_gaps:
-                print(
-                    f"gap {record.id}: no start time: backfill it with --from ISO --to {gap.end.isoformat()}"
-                )
+                say(f"gap {record.id}: no start time: backfill it with --from ISO --to {gap.end.isoformat()}")
                 left += 1
                 continue
             state = await _backfill(ctx, args, key, _gap_window(record))
@@ -172,7 +179,7 @@ async def _gaps(ctx: RepairContext, args: argparse.Namespace) -> int:
             state = snapshots
         _print_state(state)
         await ctx.gaps.mark_backfilled(record.id, state.counts)
-        print(f"gap {record.id}: marked backfilled")
+        say(f"gap {record.id}: marked backfilled")
     return 1 if left else 0
 
 
@@ -202,7 +209,7 @@ async def _snapshots(ctx: RepairContext, args: argparse.Namespace) -> int:
         if state is not None and not state.done and state.position is not None:
             resume = f", resuming after {state.position.id}"
         count = await ctx.profiles.count_profiles()
-        print(f"snapshots: would rewrite the stale posts of {count} profile(s){resume}")
+        say(f"snapshots: would rewrite the stale posts of {count} profile(s){resume}")
         return 0
     _print_state(await _run_snapshots(ctx, args))
     return 0
@@ -211,14 +218,14 @@ async def _snapshots(ctx: RepairContext, args: argparse.Namespace) -> int:
 async def _print_dry_run(ctx: RepairContext, key: str, window: Window) -> None:
     count, first = await dry_run(ctx.reader, window)
     state = await ctx.runs.load_run(key)
-    print(f"backfill {key}: {count} post(s) by {window.field} from {window.start} to {window.end}")
+    say(f"backfill {key}: {count} post(s) by {window.field} from {window.start} to {window.end}")
     if state is not None:
         where = f"after {encode_post_id(state.position.id)}" if state.position else "at the start"
-        print(f"  checkpoint: {'done' if state.done else 'stopped ' + where} ({_counts(state)})")
+        say(f"  checkpoint: {'done' if state.done else 'stopped ' + where} ({_counts(state)})")
     for doc in first:
-        print(f"  post {encode_post_id(doc.get('_id'))} by {doc.get('author_id')} at {doc.get('created_at')}")
+        say(f"  post {encode_post_id(doc.get('_id'))} by {doc.get('author_id')} at {doc.get('created_at')}")
     if count > len(first):
-        print(f"  ... and {count - len(first)} more")
+        say(f"  ... and {count - len(first)} more")
 
 
 def _counts(state: RunState) -> str:
@@ -226,4 +233,4 @@ def _counts(state: RunState) -> str:
 
 
 def _print_state(state: RunState) -> None:
-    print(f"backfill {state.key}: {'done' if state.done else 'stopped'} ({_counts(state)})")
+    say(f"backfill {state.key}: {'done' if state.done else 'stopped'} ({_counts(state)})")

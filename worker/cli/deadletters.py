@@ -13,7 +13,7 @@ from typing import Any
 from bson import json_util
 
 from enrichment.errors import ConfigError
-from worker.cli.options import common_options, iso_time
+from worker.cli.options import common_options, iso_time, say
 from worker.repair.context import open_repair
 from worker.repair.ports import DeadLetter, DeadLetterArchive, DeadLetterFilter
 from worker.repair.replay import replay
@@ -80,38 +80,38 @@ async def execute(settings: Settings, args: argparse.Namespace) -> int:
             if not found:
                 raise ConfigError("no dead letter matches")
             for dead in found:
-                print(_detail(dead))
+                say(_detail(dead))
             return 0
         if args.action == "list" or args.dry_run:
             for dead in found:
-                print(_line(dead))
+                say(_line(dead))
             total = await archive.count(where)
             verb = "would replay" if args.action == "replay" else "listed"
-            print(f"{verb} {len(found)} of {total} dead letter(s)")
+            say(f"{verb} {len(found)} of {total} dead letter(s)")
             return 0
         p = settings.pipeline
         outcome = await replay(archive, ctx.handlers, where, args.limit, p.max_attempts, p.retry_max_seconds)
         for dead_id in outcome.replayed:
-            print(f"replayed {dead_id}")
+            say(f"replayed {dead_id}")
         for dead_id, why in outcome.failed.items():
-            print(f"not replayed {dead_id}: {why}")
-        print(f"replayed {len(outcome.replayed)}, failed {len(outcome.failed)}")
+            say(f"not replayed {dead_id}: {why}")
+        say(f"replayed {len(outcome.replayed)}, failed {len(outcome.failed)}")
         return 0 if not outcome.failed else 1
 
 
 async def _purge(archive: DeadLetterArchive, where: DeadLetterFilter, yes: bool) -> int:
     n = await archive.count(where)
     if n == 0:
-        print("no dead letter matches: nothing purged")
+        say("no dead letter matches: nothing purged")
         return 0
     if not yes:
         if not sys.stdin.isatty():
             raise ConfigError(f"refusing to purge {n} dead letter(s) without --yes: stdin is not a terminal")
         answer = await asyncio.to_thread(input, f"purge {n} dead letter(s) for good? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
-            print("nothing purged")
+            say("nothing purged")
             return EXIT_DECLINED
-    print(f"purged {await archive.purge(where)} dead letter(s)")
+    say(f"purged {await archive.purge(where)} dead letter(s)")
     return 0
 
 

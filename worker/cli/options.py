@@ -11,9 +11,16 @@ import argparse
 from datetime import UTC, datetime
 from typing import get_args
 
+from worker.observe.logs import redact
 from worker.runtime_settings import LogSettings
 
 LEVELS: tuple[str, ...] = get_args(LogSettings.model_fields["level"].annotation)
+
+
+def say(text: str) -> None:
+    """Print a line of a command's output with any credential masked: stored reasons, events and
+    gap records may quote a connection URI (the logs are masked the same way)."""
+    print(redact(text))
 
 
 def iso_time(text: str) -> datetime:

@@ -62,6 +62,7 @@ class FanoutConsumer:
         self._channel: AbstractChannel | None = None
         self._queues: list[AbstractQueue] = []  # the lane's queues: one, or the bulk lane's shards
         self._tags: list[tuple[AbstractQueue, str]] = []  # consuming while non-empty
+        self._consuming = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = FanoutStats()
 
@@ -83,24 +84,32 @@ class FanoutConsumer:
         await self.resume()
 
     async def resume(self) -> None:
-        if not self._tags:
+        """Consume every queue of the lane that is not consumed yet (none once ``stop`` began)."""
+        # One lock for resume and pause: each awaits the broker once per queue, and a pause landing
+        # between two of a resume's consumes must not leave some shards unconsumed for good.
+        async with self._consuming:
+            if self._stopping:
+                return
+            consumed = {id(queue) for queue, _ in self._tags}
             for queue in self._queues:
-                self._tags.append((queue, await queue.consume(self._on_message)))
+                if id(queue) not in consumed:
+                    self._tags.append((queue, await queue.consume(self._on_message)))
 
     async def pause(self) -> None:
         """Stop receiving new jobs (jobs in hand go on and are acked): basic.cancel."""
-        tags, self._tags = self._tags, []
-        for queue, tag in tags:
-            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-                await queue.cancel(tag)
+        async with self._consuming:
+            tags, self._tags = self._tags, []
+            for queue, tag in tags:
+                with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                    await queue.cancel(tag)
 
     async def stop(self, drain_seconds: float = 0.0) -> None:
         """Stop receiving, let jobs in hand finish for ``drain_seconds``, cancel the rest and close the
         channel: the unacknowledged jobs go back to the queue for another worker. Safe twice."""
+        self._stopping = True  # first: a job's resume racing this stop must not consume again
         if self.lost:
             self._tags = []  # nothing to cancel on a dead channel
         await self.pause()
-        self._stopping = True
         if self._tasks and drain_seconds > 0:
             await asyncio.wait(list(self._tasks), timeout=drain_seconds)
         for task in list(self._tasks):

@@ -42,15 +42,16 @@ def _rank(value: Any) -> tuple[int, Any]:
 
 
 class MemoryPostReader:
-    def __init__(self, db: MemoryDatabase, collection: str = "posts") -> None:
+    def __init__(self, db: MemoryDatabase, collection: str = "posts", soft_delete_field: str = "") -> None:
         self._db = db
         self._collection = collection
+        self._soft = soft_delete_field  # soft-deleted posts are left out, as MongoPostReader does
 
     def _in_window(self, window: Window) -> list[tuple[tuple[Any, ...], Doc]]:
         rows: list[tuple[tuple[Any, ...], Doc]] = []
         for doc in self._db.collection(self._collection).values():
             value = doc.get(window.field)
-            if value is None:
+            if value is None or (self._soft and doc.get(self._soft) is not None):
                 continue
             key = _rank(value)
             # Like a BSON range: a bound matches values of its own type only.

@@ -50,4 +50,10 @@ class JobLanesPublisher:
         return await self._for(message).send(message)
 
     async def close(self, drain_seconds: float = 0.0) -> None:
-        await asyncio.gather(self._ordinary.close(drain_seconds), self._bulk.close(drain_seconds))
+        # Both close, side by side, whatever the other does: no close is left running detached.
+        results = await asyncio.gather(
+            self._ordinary.close(drain_seconds), self._bulk.close(drain_seconds), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result

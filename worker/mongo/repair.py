@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson import Decimal128, ObjectId, json_util
-from bson.errors import InvalidId
+from bson.errors import BSONError, InvalidId
 from loguru import logger
 from pymongo.errors import PyMongoError
 
@@ -69,16 +69,19 @@ def _ids_after(value: Any) -> list[dict[str, Any]]:
     return [{"_id": {"$gt": value}}, *({"_id": {"$type": t}} for t in later)]
 
 
-def window_filter(window: Window, after: Position | None) -> dict[str, Any]:
-    """The query of a window's posts after a position. ``_id`` is always indexed; ``created_at``
-    needs ``{created_at: 1, _id: 1}``, which serves the filter and the sort."""
+def window_filter(window: Window, after: Position | None, soft_delete_field: str = "") -> dict[str, Any]:
+    """The query of a window's posts after a position, soft-deleted posts left out (fanning one out
+    would bring it back to feeds with no delete after it). ``_id`` is always indexed;
+    ``created_at`` needs ``{created_at: 1, _id: 1}``, which serves the filter and the sort."""
     f = window.field
+    alive: list[dict[str, Any]] = [{soft_delete_field: None}] if soft_delete_field else []
     bounds = {op: v for op, v in (("$gte", window.start), ("$lte", window.end)) if v is not None}
     if f == "_id":
         if after is not None:
             bounds["$gt"] = after.id
-        return {"_id": bounds} if bounds else {}
-    clauses: list[dict[str, Any]] = [{f: bounds}] if bounds else []
+        clauses = [*([{"_id": bounds}] if bounds else []), *alive]
+        return {"$and": clauses} if len(clauses) > 1 else (clauses[0] if clauses else {})
+    clauses = [*([{f: bounds}] if bounds else []), *alive]
     if after is not None:
         ties = [{f: after.key, **clause} for clause in _ids_after(after.id)]
         clauses.append({"$or": [{f: {"$gt": after.key}}, *ties]})
@@ -86,20 +89,25 @@ def window_filter(window: Window, after: Position | None) -> dict[str, Any]:
 
 
 class MongoPostReader:
-    def __init__(self, posts: Coll) -> None:
+    def __init__(self, posts: Coll, soft_delete_field: str = "") -> None:
         self._posts = posts
+        self._soft = soft_delete_field
 
     async def read_posts(self, window: Window, after: Position | None, limit: int) -> list[Doc]:
         order = [("_id", 1)] if window.field == "_id" else [(window.field, 1), ("_id", 1)]
         try:
-            cursor = self._posts.find(window_filter(window, after), _POST_FIELDS).sort(order).limit(limit)
+            cursor = (
+                self._posts.find(window_filter(window, after, self._soft), _POST_FIELDS)
+                .sort(order)
+                .limit(limit)
+            )
             return list(await cursor.to_list(limit))
         except PyMongoError as exc:
             raise translate(exc, "posts range read") from exc
 
     async def count_posts(self, window: Window) -> int:
         try:
-            return await self._posts.count_documents(window_filter(window, None))
+            return await self._posts.count_documents(window_filter(window, None, self._soft))
         except PyMongoError as exc:
             raise translate(exc, "posts count") from exc
 
@@ -230,7 +238,7 @@ def _dead_letter(doc: Mapping[str, Any]) -> DeadLetter:
         try:
             loaded = json_util.loads(raw)
             event = loaded if isinstance(loaded, Mapping) else None
-        except ValueError:
+        except (ValueError, TypeError, BSONError):  # not Extended JSON we can read: unreadable
             event = None
     elif isinstance(raw, Mapping):
         event = raw
@@ -242,8 +250,13 @@ def _dead_letter(doc: Mapping[str, Any]) -> DeadLetter:
         event,
         truncated,
         _aware(doc.get("replayed_at")),
-        int(doc.get("replays") or 0),
+        _count(doc.get("replays")),
     )
+
+
+def _count(value: Any) -> int:
+    """A stored counter, 0 when it is not a whole number (a record edited by hand)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 class MongoDeadLetterArchive:

@@ -63,7 +63,7 @@ async def open_repair(settings: Settings, stack: AsyncExitStack, publish: bool) 
     ctx = RepairContext(
         settings,
         MongoPostStore(db[m.posts]),
-        MongoPostReader(db[m.posts]),
+        MongoPostReader(db[m.posts], settings.post_lifecycle.soft_delete_field),
         MongoProfileReader(db[m.profiles]),
         MongoRunStore(db[settings.backfill.collection]),
         MongoGapLedger(db[m.gaps]),

@@ -11,6 +11,7 @@ import pytest
 
 from enrichment.errors import ConfigError
 from worker.cli.main import EXIT_CONFIG, _parser, main, refuse_unconfigured_run
+from worker.cli.options import say
 
 
 @pytest.fixture(autouse=True)
@@ -106,3 +107,13 @@ def test_run_configured_by_the_environment_alone_is_allowed(tmp_path: Path) -> N
     # Then nothing is refused; with only other variables, it is
     with pytest.raises(ConfigError, match="no configuration"):
         refuse_unconfigured_run({"FANOUT_REDIS__URL": "redis://cache/0"}, tmp_path)
+
+
+def test_command_output_masks_credentials_a_stored_reason_may_quote(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a dead letter's reason quoting a connection URI, When a command prints it
+    say("not replayed 42: ServiceUnavailable: amqp://fanout:hunter2@mq.internal:5672/ refused")
+    # Then the password never reaches the terminal, and the rest does
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "mq.internal" in out and "not replayed 42" in out

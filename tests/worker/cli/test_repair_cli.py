@@ -34,6 +34,9 @@ def test_bad_arguments_exit_2_with_one_line(
         ["backfill"],  # nothing to backfill named
         ["backfill", "--gap", "1", "--snapshots"],  # two things at once
         ["backfill", "--to", "yesterday"],  # not a time
+        ["backfill", "--id-to", '{"$oid": "zz"}'],  # not an ObjectId
+        ["backfill", "--id-to", '{"$date": "x"}'],  # Extended JSON with a typo, not a string id
+        ["backfill", "--id-to", '{"$binary": 5}'],
         ["dead-letters", "list", "--pending", "--replayed"],
     ],
 )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from handlers.ports import OutgoingMessage
 from worker.memory.publisher import MemoryPublisher
 from worker.messaging.job_lanes import JobLanesPublisher
@@ -55,3 +57,24 @@ async def test_bulk_keys_go_to_the_bulk_publisher_and_every_other_key_to_the_oth
     assert [m.routing_key for m in ordinary.messages] == ["ordinary", "deferred", "backfill", "bulky"]
     # and both count into one set of counters
     assert jobs.stats.sent == 6
+
+
+class FailingClose(MemoryPublisher):
+    async def close(self, drain_seconds: float = 0.0) -> None:
+        raise RuntimeError("close failed")
+
+
+class SlowClose(MemoryPublisher):
+    closed = False
+
+    async def close(self, drain_seconds: float = 0.0) -> None:
+        await asyncio.sleep(0.05)
+        self.closed = True
+
+
+async def test_closing_waits_for_both_publishers_even_when_one_fails() -> None:
+    bulk = SlowClose()
+    jobs = lanes(FailingClose(), bulk)
+    with pytest.raises(RuntimeError, match="close failed"):
+        await jobs.close()
+    assert bulk.closed  # not left running detached

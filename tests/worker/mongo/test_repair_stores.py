@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from bson import ObjectId, json_util
 from mongomock_motor import AsyncMongoMockClient
 
@@ -80,6 +81,26 @@ async def test_an_id_window_is_read_by_id() -> None:
     await d.posts.insert_many([{"_id": o, "author_id": "a"} for o in oids])
     ids = await read_all(MongoPostReader(d.posts), Window("_id", oids[1], oids[4]), 2)
     assert ids == oids[1:5]
+
+
+@pytest.mark.parametrize("field", ["created_at", "_id"])
+async def test_soft_deleted_posts_are_left_out_of_a_window(field: str) -> None:
+    # Given posts of a window, one soft-deleted since (its delete is not replayed by a backfill)
+    d = db()
+    await d.posts.insert_many(
+        [
+            {"_id": "p1", "author_id": "a", "created_at": T0},
+            {"_id": "p2", "author_id": "a", "created_at": T0, "deleted_at": T0},
+            {"_id": "p3", "author_id": "a", "created_at": T0, "deleted_at": None},
+        ]
+    )
+    window = Window(field, T0, T0) if field == "created_at" else Window("_id", "p1", "p3")
+    # When read with the soft-delete field configured, Then the deleted one is neither read nor counted
+    reader = MongoPostReader(d.posts, "deleted_at")
+    assert await read_all(reader, window, 1) == ["p1", "p3"]
+    assert await reader.count_posts(window) == 2
+    # and without one, every post is read as before
+    assert await read_all(MongoPostReader(d.posts), window, 1) == ["p1", "p2", "p3"]
 
 
 async def test_profiles_are_read_by_id_after_a_position_skipping_malformed_ones() -> None:
@@ -162,3 +183,17 @@ async def test_dead_letters_written_by_the_tailer_are_found_replayed_and_purged(
 
     assert await archive.purge(DeadLetterFilter(stream="posts")) == 2
     assert await archive.count(DeadLetterFilter()) == 1
+
+
+async def test_dead_letters_edited_by_hand_into_nonsense_read_as_unreadable_never_as_a_crash() -> None:
+    # Given stored dead letters whose event is not Extended JSON we can read, or whose count is junk
+    d = db()
+    for raw in ('{"$oid": "zz"}', '{"$binary": 5}', "not json"):
+        await d.fanout_dead_letters.insert_one({"stream": "posts", "error": "x", "event": raw, "at": T0})
+    await d.fanout_dead_letters.insert_one(
+        {"stream": "posts", "error": "x", "event": "{}", "at": T0, "replays": "x", "replayed_at": T0}
+    )
+    # When they are listed, Then every one reads back: the event unreadable, the count 0
+    found = await MongoDeadLetterArchive(d.fanout_dead_letters).find(DeadLetterFilter(), 10)
+    assert [f.event for f in found] == [None, None, None, {}]
+    assert [f.replays for f in found] == [0, 0, 0, 0]

@@ -269,3 +269,14 @@ async def test_snapshot_repair_resumes_after_the_last_profile_done() -> None:
     state = await SnapshotRepair(MemoryProfileReader(w.db), w.posts, runs, 1, 4).run()
     assert state.counts == {"profiles": 2, "posts_rewritten": 2}
     assert all("author_snapshot" in p for p in w.db.collection("posts").values())
+
+
+async def test_the_in_memory_reader_leaves_soft_deleted_posts_out_like_the_mongodb_one() -> None:
+    w = world()
+    for n, deleted in enumerate((None, T0, None)):
+        w.db.insert("posts", {"_id": f"p{n}", "author_id": "a", "created_at": T0, "deleted_at": deleted})
+    window = Window("created_at", T0, T0)
+    reader = MemoryPostReader(w.db, soft_delete_field="deleted_at")
+    assert [d["_id"] for d in await reader.read_posts(window, None, 10)] == ["p0", "p2"]
+    assert await reader.count_posts(window) == 2
+    assert len(await MemoryPostReader(w.db).read_posts(window, None, 10)) == 3
