@@ -114,3 +114,22 @@ class TopologySettings(BaseModel):
 
     def dead_letter_exchanges(self) -> list[str]:
         return sorted({q.dead_letter_exchange for q in self.queues if q.dead_letter_exchange})
+
+    def unbound(self, routing_keys: list[str]) -> list[str]:
+        """The routing keys no declared queue's binding takes (AMQP topic patterns: ``*`` is one
+        word, ``#`` any number of words)."""
+        patterns = [b for q in self.queues for b in q.bindings]
+        return [key for key in routing_keys if not any(topic_matches(p, key) for p in patterns)]
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    """Whether a topic exchange routes ``key`` to a binding of ``pattern``."""
+
+    def match(p: list[str], k: list[str]) -> bool:
+        if not p:
+            return not k
+        if p[0] == "#":
+            return any(match(p[1:], k[i:]) for i in range(len(k) + 1))
+        return bool(k) and (p[0] == "*" or p[0] == k[0]) and match(p[1:], k[1:])
+
+    return match(pattern.split("."), key.split("."))

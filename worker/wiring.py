@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from loguru import logger
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
@@ -286,6 +287,23 @@ async def build_runtime(settings: Settings) -> Runtime:
         return runtime
 
 
+def warn_unbound_messages(settings: Settings) -> None:
+    """Say at start which of the messages this worker publishes no declared queue takes: the broker
+    drops them (each is then logged as unroutable), so consumers would never see them."""
+    if not settings.topology.declare:
+        return  # the operator's own queues: not known here
+    kinds = ["post.created", "post.deleted", "profile.updated"]
+    if settings.post_lifecycle.edits:
+        kinds.insert(1, "post.updated")
+    missing = settings.topology.unbound(kinds)
+    if missing:
+        logger.warning(
+            "no queue in [topology] is bound to {}: the broker drops those messages; bind a queue "
+            "(docs/consumers.md)",
+            ", ".join(missing),
+        )
+
+
 async def _build(settings: Settings, stack: AsyncExitStack) -> Runtime:
     m = settings.mongo
     mongo = await reach_mongo(settings, stack)
@@ -339,6 +357,7 @@ async def _build(settings: Settings, stack: AsyncExitStack) -> Runtime:
         # Consumer queues first, so fan-out messages always have somewhere to go; then the job
         # queues, so jobs do too.
         await ensure_topology(url, settings.rabbitmq.exchange, settings.topology, timeout)
+        warn_unbound_messages(settings)
         await ensure_job_topology(url, settings.fanout, timeout)
         if tails:
             await jobs.connect()

@@ -74,18 +74,16 @@ def window_filter(window: Window, after: Position | None, soft_delete_field: str
     would bring it back to feeds with no delete after it). ``_id`` is always indexed;
     ``created_at`` needs ``{created_at: 1, _id: 1}``, which serves the filter and the sort."""
     f = window.field
-    alive: list[dict[str, Any]] = [{soft_delete_field: None}] if soft_delete_field else []
+    clauses: list[dict[str, Any]] = [{soft_delete_field: None}] if soft_delete_field else []
     bounds = {op: v for op, v in (("$gte", window.start), ("$lte", window.end)) if v is not None}
-    if f == "_id":
-        if after is not None:
-            bounds["$gt"] = after.id
-        clauses = [*([{"_id": bounds}] if bounds else []), *alive]
-        return {"$and": clauses} if len(clauses) > 1 else (clauses[0] if clauses else {})
-    clauses = [*([{f: bounds}] if bounds else []), *alive]
-    if after is not None:
+    if f == "_id" and after is not None:
+        bounds["$gt"] = after.id
+    if bounds:
+        clauses.insert(0, {f: bounds})
+    if after is not None and f != "_id":
         ties = [{f: after.key, **clause} for clause in _ids_after(after.id)]
         clauses.append({"$or": [{f: {"$gt": after.key}}, *ties]})
-    return {"$and": clauses} if clauses else {}
+    return {"$and": clauses} if len(clauses) > 1 else (clauses[0] if clauses else {})
 
 
 class MongoPostReader:
