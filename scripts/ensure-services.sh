@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# ensure-services.sh — make sure Redis and RabbitMQ are reachable, and promtool
-# installed, for `make test` / `make demo`.  Starts them (and, on Debian/Ubuntu
-# as root or with passwordless sudo, installs them) when they are not.
+# ensure-services.sh — make sure Redis and RabbitMQ are reachable, and the tools
+# tests run (promtool, systemd-analyze) installed, for `make test` / `make demo`.
+# Starts them (and, on Debian/Ubuntu as root or with passwordless sudo, installs
+# them) when they are not.
 #
 # Usage: scripts/ensure-services.sh [--check] [--no-tools] [-h|--help]
 #   --check     only check reachability; never start or install anything.
-#   --no-tools  Redis and RabbitMQ only, not promtool (`make demo` needs no tools).
+#   --no-tools  Redis and RabbitMQ only, no tools (`make demo` needs none).
 #
 # Environment:
 #   REDIS_HOST (127.0.0.1)   REDIS_PORT (6379)
 #   AMQP_HOST  (127.0.0.1)   AMQP_PORT  (5672)
 #   RABBITMQ_START_TIMEOUT   seconds to wait for RabbitMQ to boot (60)
-#   CI                       when "true", a missing promtool fails too (locally
-#                            it is a warning: tests/deploy skip with the reason)
+#   CI                       when "true", a missing tool fails too (locally it
+#                            is a warning: the tests needing it skip with the reason)
 #
 # Services are only started/installed when their host is local
-# (127.0.0.1, localhost or ::1).  promtool (tests/deploy: the alert rules) comes
-# from Debian's package "prometheus"; no Prometheus server is left running.
+# (127.0.0.1, localhost or ::1).  promtool (the alert rules, the metrics lint)
+# comes from Debian's package "prometheus", with no Prometheus server left
+# running; systemd-analyze (the units) from "systemd".
 # Exit status: 0 = ready, 1 = not, 2 = usage error.
 set -euo pipefail
 
@@ -580,10 +582,10 @@ in_ci() {
     esac
 }
 
-promtool_ok() { have promtool && with_timeout 10 promtool --version >/dev/null 2>&1; }
+tool_ok() { have "$1" && with_timeout 10 "$1" --version >/dev/null 2>&1; }
 
-# The package's postinst starts a Prometheus server (sysvinit script, or the
-# systemd unit where systemd runs).  We only want promtool: stop what the
+# The prometheus package's postinst starts a Prometheus server (sysvinit script,
+# or the systemd unit where systemd runs).  We only want promtool: stop what the
 # install started, through the package's own init script or unit, never by name.
 stop_packaged_prometheus() { # stop_packaged_prometheus <log>
     local log="$1"
@@ -594,43 +596,46 @@ stop_packaged_prometheus() { # stop_packaged_prometheus <log>
     fi
 }
 
-ensure_promtool() {
-    if promtool_ok; then
-        echo "promtool: installed"
+# ensure_tool <command> <package> [after-install hook]: the command a test runs,
+# installed from its Debian package when missing.
+ensure_tool() {
+    local tool="$1" package="$2" after="${3:-}"
+    if tool_ok "$tool"; then
+        echo "$tool: installed"
         return 0
     fi
     if ((CHECK_ONLY)); then
-        echo "promtool: MISSING (package prometheus)" >&2
+        echo "$tool: MISSING (package $package)" >&2
         return 1
     fi
     take_lock
-    if promtool_ok; then
-        echo "promtool: installed (concurrently)"
+    if tool_ok "$tool"; then
+        echo "$tool: installed (concurrently)"
         return 0
     fi
     local log rc=0 t0
     mktemp_log
     log="$LOG"
     t0="$(now_ms)"
-    echo "promtool: not found; installing package prometheus ..." >&2
-    apt_install prometheus "$log" || rc=$?
-    # Whether or not the postinst managed to start the server (its start fails,
-    # e.g., when port 9090 is taken, failing the install after promtool was
-    # unpacked), leave none running.
-    ((rc == 3)) || stop_packaged_prometheus "$log"
-    if promtool_ok; then
+    echo "$tool: not found; installing package $package ..." >&2
+    apt_install "$package" "$log" || rc=$?
+    # Whether or not the package's own set-up succeeded (prometheus: its server's
+    # start fails when port 9090 is taken, failing the install after promtool was
+    # unpacked), undo what it started.
+    if ((rc != 3)) && [[ -n "$after" ]]; then "$after" "$log"; fi
+    if tool_ok "$tool"; then
         if ((rc != 0)); then
-            echo "promtool: installed ($(elapsed "$t0")); the package's own set-up failed, which promtool does not need:" >&2
+            echo "$tool: installed ($(elapsed "$t0")); the package's own set-up failed, which $tool does not need:" >&2
             indent_tail "$log" 5
         else
-            echo "promtool: installed ($(elapsed "$t0"))"
+            echo "$tool: installed ($(elapsed "$t0"))"
         fi
         return 0
     fi
     if ((rc == 3)); then
-        echo "promtool: MISSING — it cannot be installed here (needs apt-get and root or passwordless sudo)" >&2
+        echo "$tool: MISSING — it cannot be installed here (needs apt-get and root or passwordless sudo)" >&2
     else
-        echo "promtool: MISSING — 'apt-get install prometheus' failed:" >&2
+        echo "$tool: MISSING — 'apt-get install $package' failed:" >&2
         indent_tail "$log"
     fi
     return 1
@@ -641,12 +646,17 @@ ensure_promtool() {
 status=0
 ensure_redis || status=1
 ensure_rabbitmq || status=1
-if ((TOOLS)) && ! ensure_promtool; then
-    if in_ci; then
-        echo "    (CI=${CI}: the alert-rule tests need promtool: a hard failure)" >&2
-        status=1
-    else
-        echo "    (tests/deploy that need promtool will skip; install package prometheus to run them)" >&2
-    fi
+if ((TOOLS)); then
+    for spec in "promtool prometheus stop_packaged_prometheus" "systemd-analyze systemd"; do
+        read -r tool package after <<<"$spec"
+        if ! ensure_tool "$tool" "$package" "$after"; then
+            if in_ci; then
+                echo "    (CI=${CI}: the tests in tests/deploy need $tool: a hard failure)" >&2
+                status=1
+            else
+                echo "    (tests that need $tool will skip; install package $package to run them)" >&2
+            fi
+        fi
+    done
 fi
 exit "$status"

@@ -3,40 +3,18 @@ exports, and the metric names a PromQL expression reads."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.observe.metrics import build_registry, render
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
-
-def require_tool(name: str) -> str:
-    """The tool's path. Missing: a failure in CI, a skip with the reason locally (like a service)."""
-    venv_bin = Path(sys.executable).parent
-    found = shutil.which(name, path=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
-    if found:
-        return found
-    reason = (
-        f"{name} is not installed: run scripts/ensure-services.sh (promtool) or `make venv` (Python tools)"
-    )
-    if in_ci():
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _every_branch_worker() -> Any:

@@ -15,7 +15,8 @@ import aio_pika
 import yaml
 
 from tests.conftest import AMQP_URL
-from tests.deploy.support import ROOT, fanout_roles, package_version, require_tool, settings_env_names
+from tests.deploy.support import ROOT, fanout_roles, package_version, settings_env_names
+from tests.support.tools import require_tool
 from worker.settings import load_settings
 
 COMPOSE = ROOT / "docker-compose.yml"

@@ -7,7 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.deploy.support import ROOT, health_paths, require_tool, settings_env_names
+from tests.deploy.support import ROOT, health_paths, settings_env_names
+from tests.support.tools import require_tool
 from worker.settings import HealthSettings
 
 DOCKERFILE = ROOT / "Dockerfile"

@@ -7,7 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.deploy.support import ROOT, require_tool
+from tests.deploy.support import ROOT
+from tests.support.tools import require_tool
 
 SCRIPT = ROOT / "scripts" / "ensure-services.sh"
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.support import DEPLOY, exported_metric_names, promql_metric_names, require_tool
+from tests.deploy.support import DEPLOY, exported_metric_names, promql_metric_names
+from tests.support.tools import require_tool
 
 DASHBOARD = DEPLOY / "grafana" / "fanout-worker.json"
 

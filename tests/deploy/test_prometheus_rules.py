@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.support import DEPLOY, ROOT, exported_metric_names, promql_metric_names, require_tool
+from tests.deploy.support import DEPLOY, ROOT, exported_metric_names, promql_metric_names
+from tests.support.tools import require_tool
 
 RULES = DEPLOY / "prometheus" / "fanout-worker.rules.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "fanout-worker.rules.test.yml"

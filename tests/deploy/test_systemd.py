@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.support import ROOT, settings_env_names
+from tests.support.tools import require_tool
 from worker.settings import PipelineSettings
 
 UNITS = {
@@ -26,9 +27,7 @@ def directive(text: str, key: str) -> list[str]:
 
 
 def verify(directory: Path, *names: str) -> subprocess.CompletedProcess[str]:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:  # not one of the tools the project installs: skip, in CI too
-        pytest.skip("systemd-analyze is not installed (package systemd)")
+    tool = require_tool("systemd-analyze")
     return subprocess.run(
         [tool, "verify", *names], capture_output=True, text=True, timeout=120, cwd=directory, check=False
     )

@@ -3,8 +3,6 @@ process collectors, and ``promtool check metrics`` clean on a live scrape of the
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -15,6 +13,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from handlers.events import ChangeEvent
+from tests.support.tools import require_tool
 from tests.worker.observe.test_metrics_health import fake_worker, get, key, scrape
 from worker.observe.health import HealthServer
 from worker.observe.metrics import build_registry, render
@@ -24,20 +23,9 @@ from worker.stats import FanoutStats, LatencyHistogram, StreamStats
 NOW = 1_750_000_000.0
 
 
-def promtool_or_skip() -> str:
-    """promtool's path; missing, the test fails in CI and is skipped elsewhere with the reason."""
-    path = shutil.which("promtool")
-    if path is None:
-        reason = "promtool not found: install the Debian package prometheus (scripts/ensure-services.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
-
-
 def promtool_check(text: bytes) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [promtool_or_skip(), "check", "metrics"],
+        [require_tool("promtool"), "check", "metrics"],
         input=text.decode(),
         capture_output=True,
         text=True,
