@@ -16,6 +16,7 @@ from enrichment.snapshot import AuthorSnapshot
 from worker.memory.db import MemoryDatabase
 from worker.memory.stores import MemoryCheckpointStore, MemoryDeadLetters
 from worker.repair.ports import (
+    POST_FIELDS,
     DeadLetter,
     DeadLetterFilter,
     Doc,
@@ -70,8 +71,7 @@ class MemoryPostReader:
         if after is not None:
             mark = (_rank(after.key), _rank(after.id))
             rows = [row for row in rows if row[0] > mark]
-        fields = ("_id", "author_id", "text", "created_at")
-        return [{k: copy.deepcopy(doc[k]) for k in fields if k in doc} for _, doc in rows[:limit]]
+        return [{k: copy.deepcopy(doc[k]) for k in POST_FIELDS if k in doc} for _, doc in rows[:limit]]
 
     async def count_posts(self, window: Window) -> int:
         return len(self._in_window(window))

@@ -19,6 +19,7 @@ from worker.mongo.errors import translate
 from worker.mongo.stores import Coll
 from worker.ports import Gap
 from worker.repair.ports import (
+    POST_FIELDS,
     DeadLetter,
     DeadLetterFilter,
     Doc,
@@ -28,7 +29,7 @@ from worker.repair.ports import (
     Window,
 )
 
-_POST_FIELDS = {"_id": 1, "author_id": 1, "text": 1, "created_at": 1}
+_POST_PROJECTION = dict.fromkeys(POST_FIELDS, 1)
 _PROFILE_FIELDS = {"username": 1, "display_name": 1, "avatar_url": 1, "version": 1}
 
 
@@ -95,7 +96,7 @@ class MongoPostReader:
         order = [("_id", 1)] if window.field == "_id" else [(window.field, 1), ("_id", 1)]
         try:
             cursor = (
-                self._posts.find(window_filter(window, after, self._soft), _POST_FIELDS)
+                self._posts.find(window_filter(window, after, self._soft), _POST_PROJECTION)
                 .sort(order)
                 .limit(limit)
             )

@@ -13,6 +13,8 @@ from enrichment.snapshot import AuthorSnapshot
 from worker.ports import Gap
 
 Doc = Mapping[str, Any]
+# What a backfill reads of a post: what the live handler reads of an insert (its fullDocument).
+POST_FIELDS: tuple[str, ...] = ("_id", "author_id", "text", "created_at")
 WindowField = Literal["created_at", "_id"]
 
 
